@@ -1,0 +1,20 @@
+"""gencnn: generative modeling of CNNs (Dai, Lu & Wu) for timm and torchvision classifiers.
+
+The public API: the generative loss (GG) and its ESS diagnostic, the GG/DG schedule, model specs, checkpoints and
+the trainer.
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoint import load_checkpoint, read_metadata, save_checkpoint  # noqa: E402
+from .config import TrainConfig, load_config  # noqa: E402
+from .losses import GenerativeLoss, generative_loss, importance_ess  # noqa: E402
+from .schedule import GenerativeSchedule, LRPolicy  # noqa: E402
+from .specs import ModelInfo, create_model, list_specs  # noqa: E402
+from .train import evaluate, train  # noqa: E402
+
+__all__ = [
+    "GenerativeLoss", "generative_loss", "importance_ess", "GenerativeSchedule", "LRPolicy", "ModelInfo",
+    "create_model", "list_specs", "load_checkpoint", "save_checkpoint", "read_metadata", "TrainConfig",
+    "load_config", "train", "evaluate", "__version__",
+]

@@ -1,0 +1,176 @@
+"""``gencnn``: argparse subcommands over the Python API (train, eval, models). No logic lives here.
+
+Errors a user can fix print one line and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+__all__ = ["main", "build_parser"]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_train(sub) -> None:
+    from .config import list_configs
+
+    p = sub.add_parser(
+        "train", help="train a classifier with DG, GG, GG+DG or auto", formatter_class=_Formatter,
+        description="Train from a recipe (a name in zoo_configs/ or a YAML path); flags override the recipe.",
+        epilog=f"recipes: {', '.join(list_configs())}\n"
+               "example: gencnn train lenet_mnist --mode gg+dg --data-dir ../shared/data")
+    p.add_argument("config", nargs="?", help="recipe name or YAML path (optional with --resume: the run's own)")
+    o = p.add_argument_group("overrides (default: the recipe's value)")
+    o.add_argument("--model", help="model spec: lenet, timm:<name>, tv:<name>")
+    o.add_argument("--mode", choices=["dg", "gg", "gg+dg", "auto"])
+    o.add_argument("--epochs", type=int)
+    o.add_argument("--batch-size", type=int)
+    o.add_argument("--lr", type=float, help="base learning rate")
+    o.add_argument("--lr-policy", choices=["inv", "step", "cosine", "fixed"])
+    o.add_argument("--momentum", type=float)
+    o.add_argument("--weight-decay", type=float)
+    o.add_argument("--switch-epoch", type=int, help="gg+dg: number of GG epochs")
+    o.add_argument("--switch-lr", type=float, help="base LR of the DG phase")
+    o.add_argument("--ess-threshold", type=float, help="auto: switch to DG below this mean normalised ESS")
+    o.add_argument("--dataset", choices=["mnist", "imagefolder", "synthetic"])
+    o.add_argument("--data-dir", help="dataset folder (default: $GENCNN_DATA)")
+    o.add_argument("--train-subset", type=int, help="train on the first N images only")
+    o.add_argument("--num-classes", type=int)
+    o.add_argument("--in-chans", type=int)
+    o.add_argument("--img-size", type=int)
+    o.add_argument("--weights-file", help="local weights to start from")
+    o.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    o.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    o.add_argument("--seed", type=int)
+    o.add_argument("--out", help="run folder (default: runs/<name>-<mode>-s<seed>-<time>)")
+    o.add_argument("--resume", help="run folder (or its train_state.pt) to continue")
+    o.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config key, value parsed as YAML (repeatable)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from .config import ConfigError, load_config
+    from .train import train
+
+    keys = ["model", "mode", "epochs", "batch_size", "lr", "lr_policy", "momentum", "weight_decay", "switch_epoch",
+            "switch_lr", "ess_threshold", "dataset", "data_dir", "train_subset", "num_classes", "in_chans",
+            "img_size", "weights_file", "device", "amp", "seed", "out", "resume"]
+    overrides = {k: getattr(args, k) for k in keys}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    config = args.config
+    if config is None:
+        if not args.resume:
+            raise ConfigError("give a recipe (e.g. lenet_mnist) or --resume RUN")
+        run = Path(args.resume)
+        config = (run.parent if run.is_file() else run) / "config.yaml"
+    cfg = load_config(config, overrides)
+    train(cfg)
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="test error of a checkpoint", formatter_class=_Formatter,
+                       description="Evaluate a checkpoint (or run folder) on the test split of its dataset.")
+    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")
+    p.add_argument("--dataset", help="override the dataset recorded in the checkpoint")
+    p.add_argument("--data-dir", help="dataset folder (default: $GENCNN_DATA)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .data import DeviceLoader, folder_loader, load_dataset, normalizer
+    from .train import evaluate, resolve_device
+
+    device = resolve_device(args.device)
+    path = resolve_checkpoint(args.checkpoint)
+    model, info, meta = load_checkpoint(path, device)
+    dataset = args.dataset or meta.get("dataset", "mnist")
+    seed = (meta.get("config") or {}).get("seed", 0)
+    if dataset == "imagefolder":
+        data_dir = args.data_dir or (meta.get("config") or {}).get("data_dir")
+        loader, _ = folder_loader(data_dir, False, info.input_size[-1], info.mean, info.std, args.batch_size, 2)
+    else:
+        data = load_dataset(dataset, args.data_dir, train=False, in_chans=info.in_chans,
+                            img_size=info.input_size[-1], num_classes=info.num_classes, seed=seed)
+        loader = DeviceLoader(data.to(device), args.batch_size, normalizer(info.mean, info.std, device), False)
+    result = evaluate(model, loader, device)
+    out = {"checkpoint": str(path), "model": info.spec, "dataset": dataset, "mode": meta.get("mode"),
+           "epoch": meta.get("epoch"), "test_error": result["error"], "test_loss": result["loss"], "n": result["n"]}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{path}: {info.spec} ({out['mode']}, epoch {out['epoch']}) on {dataset} test ({result['n']} images): "
+              f"error {100 * result['error']:.2f}%, loss {result['loss']:.4f}")
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list model specs", formatter_class=_Formatter,
+                       description="List the model specs create_model accepts (aliases, timm:<name>, tv:<name>).")
+    p.add_argument("pattern", nargs="?", default="*", help="glob on the model name, e.g. '*resnet*'")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(args) -> int:
+    from .specs import list_specs
+
+    print("\n".join(list_specs(args.pattern)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gencnn", formatter_class=_Formatter,
+        description="Generative modeling of CNNs: GG/DG training, evaluation (and sampling, export to come).")
+    parser.add_argument("--version", action="version", version=f"gencnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_models(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.debug:
+        return args.func(args)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataNotFoundError
+    from .specs import UnknownModelError
+    from .train import NonFiniteLossError
+
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, DataNotFoundError, UnknownModelError, NonFiniteLossError, ValueError,
+            FileNotFoundError, IsADirectoryError) as e:
+        print(f"gencnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gencnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

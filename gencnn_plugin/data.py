@@ -1,0 +1,198 @@
+"""Datasets: MNIST from its original idx files, ImageFolder trees, and a tiny synthetic set for tests.
+
+Small datasets live on the training device as uint8 tensors and are batched by indexing (no DataLoader round
+trips); normalisation to the model's input space happens per batch on the device.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["TensorData", "load_mnist", "find_mnist", "synthetic", "DeviceLoader", "normalizer", "load_dataset",
+           "MNIST_MEAN_STD", "DataNotFoundError"]
+
+MNIST_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+MNIST_MEAN_STD = ((0.1307,), (0.3081,))
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset whose files are not where we looked."""
+
+
+@dataclass
+class TensorData:
+    """Images (N, C, H, W) uint8 and labels (N,) int64, with class names; small enough to live on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device | str) -> TensorData:
+        return TensorData(self.images.to(device), self.labels.to(device), self.class_names)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (gzip or raw): magic (0, 0, dtype, ndim), big-endian int32 dims, then the data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file")
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">i4", count=ndim, offset=4)
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: {arr.size} bytes of data for shape {tuple(dims)}")
+    return arr.reshape(tuple(int(d) for d in dims))
+
+
+def find_mnist(data_dir: str | Path | None = None) -> Path:
+    """The folder holding the MNIST idx files: ``data_dir``, then ``$GENCNN_DATA`` (each as is, /mnist, /MNIST/raw)."""
+    roots = [Path(p) for p in (data_dir, os.environ.get("GENCNN_DATA")) if p]
+    tried = []
+    for root in roots:
+        for cand in (root, root / "mnist", root / "MNIST" / "raw"):
+            tried.append(cand)
+            if all(_idx_file(cand, name) for name in MNIST_FILES[True] + MNIST_FILES[False]):
+                return cand
+    raise DataNotFoundError(_missing_message(tried))
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    for cand in (folder / f"{name}.gz", folder / name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _missing_message(tried: list[Path]) -> str:
+    files = ", ".join(f"{n}.gz" for n in MNIST_FILES[True] + MNIST_FILES[False])
+    where = ", ".join(str(p) for p in tried) or "nowhere (no --data-dir and no $GENCNN_DATA)"
+    return (f"MNIST not found. Looked in: {where}. Put the four files ({files}) in a folder and pass "
+            f"--data-dir FOLDER or set GENCNN_DATA=FOLDER (for example GENCNN_DATA=../shared/data).")
+
+
+def load_mnist(data_dir: str | Path | None = None, train: bool = True, download: bool = True) -> TensorData:
+    """MNIST as uint8 (N, 1, 28, 28) tensors. Falls back to torchvision's download when the files are not found."""
+    try:
+        folder = find_mnist(data_dir)
+    except DataNotFoundError as missing:
+        if not download:
+            raise
+        root = Path(data_dir or os.environ.get("GENCNN_DATA") or "~/.cache/gencnn").expanduser()
+        try:
+            import torchvision
+
+            torchvision.datasets.MNIST(str(root), train=train, download=True)
+            folder = find_mnist(root)
+        except Exception as e:  # offline: report where we looked, not the network error alone
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataNotFoundError(f"{missing} (torchvision's download failed too: {first})") from None
+    img_name, lbl_name = MNIST_FILES[train]
+    images = _read_idx(_idx_file(folder, img_name))
+    labels = _read_idx(_idx_file(folder, lbl_name))
+    return TensorData(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                      [str(i) for i in range(10)])
+
+
+def synthetic(n: int = 512, num_classes: int = 4, in_chans: int = 1, img_size: int = 16, seed: int = 0,
+              train: bool = True) -> TensorData:
+    """A learnable toy set: each class is a fixed random prototype image plus noise. Train/test share prototypes."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(num_classes, in_chans, img_size, img_size, generator=g)
+    g.manual_seed(seed + (1 if train else 2))
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    images = protos[labels] * 0.6 + torch.rand(n, in_chans, img_size, img_size, generator=g) * 0.4
+    return TensorData((images * 255).round().to(torch.uint8), labels, [f"class{i}" for i in range(num_classes)])
+
+
+def normalizer(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str):
+    """A function uint8 (or [0, 1] float) images -> the model's normalised input space."""
+    m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def normalize(images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        return (x - m) / s
+
+    return normalize
+
+
+class DeviceLoader:
+    """Batches of an on-device :class:`TensorData`, normalised, reshuffled each epoch from (seed, epoch)."""
+
+    def __init__(self, data: TensorData, batch_size: int, normalize, shuffle: bool, seed: int = 0,
+                 drop_last: bool = False) -> None:
+        self.data, self.batch_size, self.normalize = data, batch_size, normalize
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, device = len(self.data), self.data.labels.device
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g).to(device)
+        else:
+            order = torch.arange(n, device=device)
+        for k in range(len(self)):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            yield self.normalize(self.data.images[idx]), self.data.labels[idx]
+
+
+def load_dataset(name: str, data_dir: str | Path | None, train: bool, in_chans: int = 1, img_size: int = 28,
+                 num_classes: int | None = None, seed: int = 0) -> TensorData:
+    """The in-memory datasets by name: ``mnist`` or ``synthetic``. (``imagefolder`` streams; see ``folder_loader``.)"""
+    if name == "mnist":
+        data = load_mnist(data_dir, train=train)
+        if in_chans != 1:
+            data = TensorData(data.images.expand(-1, in_chans, -1, -1).contiguous(), data.labels, data.class_names)
+        if img_size != 28:
+            x = torch.nn.functional.interpolate(data.images.float(), size=(img_size, img_size), mode="bilinear")
+            data = TensorData(x.round().clamp(0, 255).to(torch.uint8), data.labels, data.class_names)
+        return data
+    if name == "synthetic":
+        return synthetic(n=512 if train else 256, num_classes=num_classes or 4, in_chans=in_chans,
+                         img_size=img_size, seed=seed, train=train)
+    raise ValueError(f"unknown in-memory dataset {name!r}: use 'mnist', 'synthetic' or 'imagefolder'")
+
+
+def folder_loader(root: str | Path, train: bool, img_size: int, mean, std, batch_size: int, workers: int,
+                  seed: int = 0):
+    """An ImageFolder tree (``root/train/CLASS/*.jpg``, ``root/val/CLASS/*.jpg``) through a DataLoader."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    split = Path(root) / ("train" if train else "val")
+    if not split.is_dir():
+        raise DataNotFoundError(f"ImageFolder split not found: {split} (expected {root}/train and {root}/val)")
+    if train:
+        tf = T.Compose([T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    else:
+        tf = T.Compose([T.Resize(int(img_size / 0.875)), T.CenterCrop(img_size), T.ToTensor(), T.Normalize(mean, std)])
+    ds = ImageFolder(str(split), transform=tf)
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), drop_last=False, generator=g,
+                                       persistent_workers=workers > 0), ds.classes

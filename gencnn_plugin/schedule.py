@@ -1,0 +1,137 @@
+"""When to use the generative gradient (GG) and when the discriminative one (DG), and at what learning rate.
+
+:class:`GenerativeSchedule` is the one object a training loop asks, per step, for its loss and learning rate; our
+trainer uses it and so can timm's train.py, a Lightning module or a 20-line loop (docs/training_hooks.md).
+Modes: ``dg``; ``gg``; ``gg+dg`` (GG for ``switch_epoch`` epochs, then DG from ``switch_lr``, as in the paper's
+section 4.1); ``auto`` (GG until the epoch's mean normalised ESS of eq. (7) falls below ``ess_threshold``).
+At the switch the LR policy restarts from iteration 0 with the new base LR, as a new Caffe solver would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .losses import generative_loss, importance_ess
+
+__all__ = ["LRPolicy", "GenerativeSchedule", "MODES"]
+
+MODES = ("dg", "gg", "gg+dg", "auto")
+
+
+@dataclass
+class LRPolicy:
+    """Learning-rate policy of iteration t within a phase of T iterations.
+
+    ``inv`` (Caffe): base (1 + gamma t)^-power; ``step``: base gamma^floor(t / step_iters);
+    ``cosine``: base (1 + cos(pi t / T)) / 2; ``fixed``: base.
+    """
+
+    name: str = "inv"
+    gamma: float = 1e-4
+    power: float = 0.75
+    step_iters: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.name not in ("inv", "step", "cosine", "fixed"):
+            raise ValueError(f"unknown lr policy {self.name!r}: use inv, step, cosine or fixed")
+
+    def __call__(self, base_lr: float, t: int, total: int) -> float:
+        if self.name == "inv":
+            return base_lr * (1.0 + self.gamma * t) ** (-self.power)
+        if self.name == "step":
+            return base_lr * self.gamma ** (t // max(1, self.step_iters))
+        if self.name == "cosine":
+            return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / max(1, total)))
+        return base_lr
+
+
+class GenerativeSchedule:
+    """Chooses GG or DG per epoch and the LR per step; tracks the importance-sampling ESS on the device.
+
+    Call :meth:`start_epoch` before an epoch; each step :meth:`apply_lr`, :meth:`loss` (once per training step: it
+    also records the ESS) and, after ``optimizer.step()``, :meth:`step`; then :meth:`end_epoch`: that is where ``auto`` mode reads the epoch's mean ESS (one host sync per epoch).
+    """
+
+    def __init__(self, mode: str = "gg+dg", base_lr: float = 0.01, epochs: int = 25, steps_per_epoch: int = 1,
+                 switch_epoch: int | None = None, switch_lr: float | None = None, ess_threshold: float = 0.1,
+                 lr_policy: LRPolicy | None = None, track_ess: bool = True) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode == "gg+dg" and switch_epoch is None:
+            raise ValueError("mode 'gg+dg' needs switch_epoch (the number of GG epochs)")
+        self.mode, self.base_lr, self.epochs, self.steps_per_epoch = mode, base_lr, epochs, steps_per_epoch
+        self.switch_epoch = switch_epoch
+        self.switch_lr = base_lr if switch_lr is None else switch_lr
+        self.ess_threshold, self.lr_policy, self.track_ess = ess_threshold, lr_policy, track_ess
+        self.phase = "dg" if mode == "dg" else "gg"
+        self.switched_at: int | None = None  # epoch at which DG started, for gg+dg and auto
+        self.epoch = 0
+        self.step_in_phase = 0
+        self._ess_sum: torch.Tensor | float = 0.0
+        self._ess_count = 0
+
+    # -- per epoch ---------------------------------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> str:
+        """Enter ``epoch`` (0-based); returns the phase, ``"gg"`` or ``"dg"``."""
+        self.epoch = epoch
+        if self.mode == "gg+dg" and self.phase == "gg" and epoch >= self.switch_epoch:
+            self._switch(epoch)
+        self._ess_sum, self._ess_count = 0.0, 0
+        return self.phase
+
+    def end_epoch(self) -> dict:
+        """Close the epoch: its mean ESS, and in ``auto`` mode the decision to switch for the next epoch."""
+        mean_ess = float(self._ess_sum / self._ess_count) if self._ess_count else float("nan")
+        switch_next = self.mode == "auto" and self.phase == "gg" and mean_ess < self.ess_threshold
+        if switch_next:
+            self._switch(self.epoch + 1)
+        return {"phase": "gg" if switch_next else self.phase, "mean_ess": mean_ess, "switch_next": switch_next}
+
+    def _switch(self, epoch: int) -> None:
+        self.phase, self.switched_at, self.step_in_phase = "dg", epoch, 0
+
+    # -- per step ------------------------------------------------------------------------------------------------
+    @property
+    def phase_base_lr(self) -> float:
+        return self.switch_lr if self.switched_at is not None else self.base_lr
+
+    def lr(self) -> float:
+        """The learning rate for the current step."""
+        if self.lr_policy is None:
+            return self.phase_base_lr
+        start = self.switched_at if self.switched_at is not None else 0
+        end = self.epochs if self.switched_at is not None or self.mode != "gg+dg" else self.switch_epoch
+        return self.lr_policy(self.phase_base_lr, self.step_in_phase, (end - start) * self.steps_per_epoch)
+
+    def apply_lr(self, optimizer: torch.optim.Optimizer) -> float:
+        """Set the current step's learning rate on every parameter group (times its ``lr_mult``); returns it."""
+        lr = self.lr()
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        return lr
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The current phase's loss: GG (eq. 8, the batch as the sample of q) or DG (cross-entropy)."""
+        if self.track_ess:
+            self._ess_sum = self._ess_sum + importance_ess(logits, targets)  # stays on the device: no sync
+            self._ess_count += 1
+        if self.phase == "gg":
+            return generative_loss(logits, targets)
+        return F.cross_entropy(logits, targets)
+
+    def step(self) -> None:
+        """Count one optimizer step (after ``optimizer.step()``), as ``torch.optim.lr_scheduler`` does."""
+        self.step_in_phase += 1
+
+    # -- resume ----------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"phase": self.phase, "switched_at": self.switched_at, "epoch": self.epoch,
+                "step_in_phase": self.step_in_phase}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.phase, self.switched_at = state["phase"], state["switched_at"]
+        self.epoch, self.step_in_phase = state["epoch"], state["step_in_phase"]
