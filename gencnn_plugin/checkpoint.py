@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -81,7 +82,8 @@ def read_metadata(path: str | Path) -> dict:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
     if raw is None:
-        raise CheckpointError(f"{path} has no gencnn metadata: build the model with --model SPEC and load it as weights")
+        raise CheckpointError(f"{path} has no gencnn metadata: build the model from a spec (--model SPEC) and load "
+                              "this file as its weights")
     return json.loads(raw)
 
 

@@ -25,6 +25,10 @@ def batch_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"logits must have shape (n, K), got {tuple(logits.shape)}")
     if targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
         raise ValueError(f"targets must have shape ({logits.shape[0]},), got {tuple(targets.shape)}")
+    if targets.device.type == "cpu" and targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+        # on CPU the check is free; on CUDA it would sync, and index_select asserts on the device anyway
+        raise ValueError(f"labels must be in [0, {logits.shape[1]}), got min {int(targets.min())}, "
+                         f"max {int(targets.max())}")
     return logits.index_select(1, targets).t()
 
 

@@ -53,7 +53,8 @@ class GenerativeSchedule:
     """Chooses GG or DG per epoch and the LR per step; tracks the importance-sampling ESS on the device.
 
     Call :meth:`start_epoch` before an epoch; each step :meth:`apply_lr`, :meth:`loss` (once per training step: it
-    also records the ESS) and, after ``optimizer.step()``, :meth:`step`; then :meth:`end_epoch`: that is where ``auto`` mode reads the epoch's mean ESS (one host sync per epoch).
+    also records the ESS) and, after ``optimizer.step()``, :meth:`step`; then :meth:`end_epoch`, where ``auto``
+    mode reads the epoch's mean ESS (one host sync per epoch).
     """
 
     def __init__(self, mode: str = "gg+dg", base_lr: float = 0.01, epochs: int = 25, steps_per_epoch: int = 1,

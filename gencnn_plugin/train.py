@@ -76,6 +76,11 @@ def build_data(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Model
         class_names = train_set.class_names
         default_norm = MNIST_MEAN_STD if cfg.dataset == "mnist" else ((0.5,), (0.5,))
     num_classes = cfg.num_classes or len(class_names)
+    if cfg.dataset != "imagefolder":
+        for split, data in (("train", train_set), ("test", test_set)):
+            lo, hi = int(data.labels.min()), int(data.labels.max())
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(f"{split} labels span [{lo}, {hi}] but the model has num_classes={num_classes}")
     model, info = create_model(
         cfg.model, num_classes=num_classes, in_chans=in_chans, img_size=img_size, weights_file=cfg.weights_file,
         mean=tuple(cfg.mean) if cfg.mean else None, std=tuple(cfg.std) if cfg.std else None,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
 __all__ = ["ZFNet", "zfnet", "test_zfnet"]

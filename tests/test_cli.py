@@ -1,0 +1,54 @@
+"""The ``gencnn`` command line: help, train, eval, clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gencnn_plugin.cli import main
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["eval"], ["models"]])
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    assert "usage: gencnn" in capsys.readouterr().out
+
+
+def test_train_then_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", "lenet_mnist", "--dataset", "synthetic", "--img-size", "16", "--num-classes", "4",
+               "--epochs", "2", "--switch-epoch", "1", "--batch-size", "32", "--lr", "0.05", "--seed", "3",
+               "--device", "cpu", "--out", str(run), "--set", "lr_policy=cosine"])
+    assert rc == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["seed"] == 3 and summary["epochs"] == 2 and summary["switched_at_epoch"] == 1
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_error"] == pytest.approx(summary["test_error"])
+    # --resume alone picks up the run's own config; nothing is left to do
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "lenet_mnist", "--set", "epoch=3"], "unknown config key 'epoch'"),
+    (["train", "lenet_mnst"], "no recipe"),
+    (["train", "lenet_mnist", "--model", "timm:resnt18"], "did you mean"),
+    (["train"], "give a recipe"),
+    (["eval", "/nonexistent/ckpt.safetensors"], "no such file"),
+    (["train", "lenet_mnist", "--device", "cuda:7", "--dataset", "synthetic"], "cuda"),
+])
+def test_errors_are_one_line_with_exit_2(argv, match, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_module_entry_point_and_console_script():
+    out = subprocess.run([sys.executable, "-m", "gencnn_plugin", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("gencnn ")
