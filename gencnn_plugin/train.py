@@ -186,8 +186,12 @@ def _log(msg: str) -> None:
 def train(cfg: TrainConfig, log=_log) -> dict:
     """Run a whole training job from a config; returns the summary also written to ``RUN/summary.json``."""
     device = resolve_device(cfg.device)
-    run_dir = Path(cfg.resume).parent if cfg.resume and Path(cfg.resume).is_file() else (
-        Path(cfg.resume) if cfg.resume else _run_dir(cfg))
+    state_path = None
+    if cfg.resume:
+        state_path = Path(cfg.resume) if Path(cfg.resume).is_file() else Path(cfg.resume) / TRAIN_STATE_NAME
+        if not state_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {state_path} does not exist")
+    run_dir = state_path.parent if state_path else _run_dir(cfg)
     torch.manual_seed(cfg.seed)  # model initialisation
     model, info, train_loader, test_loader = build_data(cfg, device)
     decay, no_decay = [], []
@@ -206,8 +210,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and device.type == "cuda" else None
 
     start_epoch, history = 0, []
-    if cfg.resume:
-        state_path = Path(cfg.resume) if Path(cfg.resume).is_file() else run_dir / TRAIN_STATE_NAME
+    if state_path:
         state = load_train_state(state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
