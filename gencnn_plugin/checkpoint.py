@@ -112,3 +112,21 @@ def save_train_state(path: str | Path, state: dict) -> Path:
 def load_train_state(path: str | Path) -> dict:
     """Read the resume state without unpickling arbitrary objects."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def open_model(source: str | Path, weights_file: str | Path | None = None, device: str | torch.device = "cpu",
+               **spec_kwargs: Any) -> tuple[nn.Module, ModelInfo]:
+    """A checkpoint file or run folder, or a model spec (optionally with a local ``weights_file``), in eval mode.
+
+    ``spec_kwargs`` (num_classes, mean, std, constructor arguments such as pad_type) apply to specs only.
+    """
+    path = Path(source)
+    if path.exists():
+        if weights_file is not None:
+            raise CheckpointError(f"{source} is a checkpoint; --weights applies to a model spec")
+        model, info, _ = load_checkpoint(path, device)
+        return model, info
+    if str(source).endswith((".safetensors", ".pt", ".pth")) or "/" in str(source):
+        raise CheckpointError(f"{source}: no such file")
+    model, info = create_model(str(source), weights_file=weights_file, **spec_kwargs)
+    return model.to(device).eval(), info

@@ -1,4 +1,4 @@
-"""``gencnn``: argparse subcommands over the Python API (train, eval, models). No logic lives here.
+"""``gencnn``: argparse subcommands over the Python API (train, eval, models, nodes, sample). No logic here.
 
 Errors a user can fix print one line and exit with status 2; ``--debug`` shows the traceback instead.
 """
@@ -135,18 +135,137 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _add_source(p) -> None:
+    p.add_argument("source", help="checkpoint (.safetensors or run folder) or model spec (lenet, timm:NAME, tv:NAME)")
+    p.add_argument("--weights", help="local weights for a model spec (safetensors or a weights-only state dict)")
+    p.add_argument("--num-classes", type=int, help="for a model spec")
+    p.add_argument("--mean", type=float, nargs="+", help="input mean for a model spec (default: the model's)")
+    p.add_argument("--std", type=float, nargs="+", help="input std for a model spec")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument for a model spec, value parsed as YAML (e.g. pad_type=same)")
+
+
+def _open(args, device="cpu"):
+    from .checkpoint import open_model
+    from .config import ConfigError
+
+    kwargs = {}
+    for item in args.model_arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    if args.num_classes:
+        kwargs["num_classes"] = args.num_classes
+    if args.mean:
+        kwargs["mean"] = tuple(args.mean)
+    if args.std:
+        kwargs["std"] = tuple(args.std)
+    return open_model(args.source, weights_file=args.weights, device=device, **kwargs)
+
+
+def _add_nodes(sub) -> None:
+    p = sub.add_parser("nodes", help="list the layers and nodes that can be sampled", formatter_class=_Formatter,
+                       description="List every addressable layer: module path, type, output shape, node count.")
+    _add_source(p)
+    p.add_argument("--classes", action="store_true", help="print every class name of the output layer")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_nodes)
+
+
+def _cmd_nodes(args) -> int:
+    from .nodes import list_layers
+
+    model, info = _open(args)
+    layers = list_layers(model, info)
+    if args.json:
+        print(json.dumps({"model": info.to_dict(), "layers": [vars(li) for li in layers]}))
+        return 0
+    print(f"{info.spec}: input {'x'.join(map(str, info.input_size))}, mean {info.mean}, std {info.std}, "
+          f"{info.num_classes} classes")
+    width = max(len(li.name) for li in layers)
+    print(f"{'layer'.ljust(width)}  {'type':<22} {'output shape':<18} nodes")
+    for li in layers:
+        print(f"{li.name.ljust(width)}  {li.type:<22} {'x'.join(map(str, li.shape)):<18} {li.num_nodes}")
+    names = info.class_names
+    if args.classes:
+        print("\n".join(f"logits:{i}  {n}" for i, n in enumerate(names)))
+    else:
+        shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:10]))
+        print(f"classes (logits:K or a name): {shown}{', ...' if len(names) > 10 else ''}"
+              f"{' (--classes lists all)' if len(names) > 10 else ''}")
+    print("node syntax: logits:K | CLASS NAME | LAYER:C (centre) | LAYER:C,Y,X | LAYER:C,mean | LAYER:D[,T]")
+    return 0
+
+
+def _add_sample(sub) -> None:
+    from .config import HMC_PRESET_DIR, list_configs
+
+    p = sub.add_parser(
+        "sample", help="draw images of a node by HMC", formatter_class=_Formatter,
+        description="Sample p_y(x) ~ exp(f_y(x)) N(x; 0, sigma^2 I) for a node y by Hamiltonian Monte Carlo "
+                    "(paper section 3.4) and write an image grid.",
+        epilog=f"presets: {', '.join(list_configs(HMC_PRESET_DIR))}\n"
+               "example: gencnn sample runs/lenet --node logits:3 --chains 16 --out three.png")
+    _add_source(p)
+    p.add_argument("--node", action="append", required=True,
+                   help="node string (repeat for several nodes of one layer: one grid row group each)")
+    p.add_argument("--preset", default="lenet", help="HMC preset name or YAML path")
+    h = p.add_argument_group("sampler (default: the preset's value)")
+    h.add_argument("--chains", type=int, help="chains per node")
+    h.add_argument("--iters", type=int, help="HMC iterations")
+    h.add_argument("--leapfrog-steps", type=int)
+    h.add_argument("--step-size", type=float)
+    h.add_argument("--mass", type=float)
+    h.add_argument("--sigma", type=float, help="std of the Gaussian reference q")
+    h.add_argument("--seed", type=int)
+    h.add_argument("--adapt-steps", type=int, help="dual-averaging warm-up iterations (0: off)")
+    h.add_argument("--mala", action="store_true", default=None, help="Langevin: one leapfrog step per iteration")
+    h.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="samples.png", help="PNG grid")
+    p.add_argument("--npz", help="also write samples, pixels and per-iteration diagnostics here")
+    p.add_argument("--nrow", type=int, help="images per grid row (default: chains per node)")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _cmd_sample(args) -> int:
+    from .train import resolve_device
+    from .visualize import load_preset, sample_node, save_grid, save_npz
+
+    keys = ["chains", "iters", "leapfrog_steps", "step_size", "mass", "sigma", "seed", "adapt_steps", "mala",
+            "precision"]
+    config = load_preset(args.preset, **{k: getattr(args, k) for k in keys})
+    device = resolve_device(args.device)
+    model, info = _open(args, device)
+    run = sample_node(model, info, args.node, config, device)
+    s = run.result.summary
+    save_grid(run.result.x, info, args.out, nrow=args.nrow or config.chains)
+    if args.npz:
+        save_npz(run, args.npz)
+    print(f"{info.spec} {', '.join(run.nodes)}: {s['chains']} chains x {s['iters']} iterations x "
+          f"{config.leapfrog_steps if not config.mala else 1} leapfrog steps on {device}")
+    print(f"acceptance {s['accept_rate']:.3f}, mean |energy error| {s['mean_abs_energy_error']:.3g}, "
+          f"final f_y {s['final_score_mean']:.3f}, ESS(f_y) {s['ess_score']:.1f}, R-hat {s['rhat_score']:.3f}")
+    print(f"{s['seconds']:.2f} s, {s['grad_evals_per_second']:.0f} gradient evaluations/s; wrote {args.out}"
+          f"{' and ' + args.npz if args.npz else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="gencnn", formatter_class=_Formatter,
-        description="Generative modeling of CNNs: GG/DG training, evaluation (and sampling, export to come).")
+        description="Generative modeling of CNNs: GG/DG training, evaluation, HMC sampling of nodes.")
     parser.add_argument("--version", action="version", version=f"gencnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
     _add_models(sub)
+    _add_nodes(sub)
+    _add_sample(sub)
     return parser
 
 
@@ -158,13 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataNotFoundError
+    from .nodes import NodeError
     from .specs import UnknownModelError
     from .train import NonFiniteLossError
 
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, DataNotFoundError, UnknownModelError, NonFiniteLossError, ValueError,
-            FileNotFoundError, IsADirectoryError) as e:
+    except (ConfigError, CheckpointError, DataNotFoundError, UnknownModelError, NodeError, NonFiniteLossError,
+            ValueError, FileNotFoundError, IsADirectoryError) as e:
         print(f"gencnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

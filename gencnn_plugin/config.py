@@ -16,12 +16,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "load_config", "config_from_dict", "ConfigError", "CONFIG_DIR", "list_configs"]
+__all__ = ["TrainConfig", "load_config", "config_from_dict", "ConfigError", "CONFIG_DIR", "HMC_PRESET_DIR",
+           "list_configs"]
 
 # zoo_configs/ ships beside the package in a source checkout and inside it in a wheel (see pyproject.toml).
 _PKG = Path(__file__).resolve().parent
 CONFIG_DIR = next((p for p in (_PKG / "zoo_configs", _PKG.parent / "zoo_configs") if p.is_dir()),
                   _PKG.parent / "zoo_configs")
+HMC_PRESET_DIR = CONFIG_DIR / "hmc"
 
 
 class ConfigError(ValueError):
@@ -72,9 +74,9 @@ class TrainConfig:
     log_interval: int = 100
 
 
-def list_configs() -> list[str]:
-    """Names of the recipes in zoo_configs/."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+def list_configs(folder: Path = CONFIG_DIR) -> list[str]:
+    """Names of the recipes in ``folder`` (zoo_configs/ for training, zoo_configs/hmc/ for sampler presets)."""
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -122,9 +124,9 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")
 
 
-def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """A validated config: ``base`` (or the defaults) updated with ``values``."""
-    hints = typing.get_type_hints(TrainConfig)
+def config_from_dict(values: dict[str, Any], base: Any = None, cls: type = TrainConfig) -> Any:
+    """A validated ``cls`` (TrainConfig, HMCConfig, ...): ``base`` (or the defaults) updated with ``values``."""
+    hints = typing.get_type_hints(cls)
     out = dataclasses.asdict(base) if base is not None else {}
     for key, value in values.items():
         if key not in hints:
@@ -132,8 +134,12 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"unknown config key {key!r}{hint}")
         out[key] = _check_type(key, value, hints[key])
-    cfg = TrainConfig(**out)
-    _validate(cfg)
+    try:
+        cfg = cls(**out)
+    except ValueError as e:  # a dataclass's own __post_init__ checks
+        raise ConfigError(str(e)) from None
+    if cls is TrainConfig:
+        _validate(cfg)
     return cfg
 
 
@@ -165,17 +171,19 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"lr_policy: {cfg.lr_policy!r} is not one of inv, step, cosine, fixed")
 
 
-def load_config(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Load a recipe by name (zoo_configs/NAME.yaml) or path, then apply ``overrides`` (None values are skipped)."""
+def load_config(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                cls: type = TrainConfig, folder: Path = CONFIG_DIR) -> Any:
+    """Load a recipe by name (``folder``/NAME.yaml) or path, then apply ``overrides`` (None values are skipped)."""
     values: dict[str, Any] = {}
     if name_or_path is not None:
         path = Path(name_or_path)
         if not path.is_file():
-            path = CONFIG_DIR / f"{name_or_path}.yaml"
+            path = folder / f"{name_or_path}.yaml"
         if not path.is_file():
-            close = difflib.get_close_matches(str(name_or_path), list_configs(), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; known recipes: {', '.join(list_configs())}"
-            raise ConfigError(f"no recipe {str(name_or_path)!r} (not a file, not in {CONFIG_DIR}){hint}")
+            known = list_configs(folder)
+            close = difflib.get_close_matches(str(name_or_path), known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
+            raise ConfigError(f"no recipe {str(name_or_path)!r} (not a file, not in {folder}){hint}")
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
@@ -183,6 +191,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: dict[str, Any
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of keys to values")
         values = dict(loaded or {})
-        values.setdefault("name", path.stem)
+        if "name" in typing.get_type_hints(cls):
+            values.setdefault("name", path.stem)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(values)
+    return config_from_dict(values, cls=cls)

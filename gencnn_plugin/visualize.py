@@ -1,0 +1,101 @@
+"""Generative visualization (paper section 3.4, 4.2): sample images of a node with HMC, save them as a grid and .npz.
+
+The glue between :mod:`nodes` (which score), :mod:`hmc` (how to sample) and files; the CLI and the GUI call these.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import atomic_path
+from .hmc import HMCConfig, HMCResult, hmc_sample
+from .nodes import NodeScore, node_score
+from .specs import ModelInfo
+
+__all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "save_grid", "save_npz", "load_preset"]
+
+
+@dataclass
+class SampleRun:
+    """A finished sampling run: the HMC result, the node strings (one per group of chains) and the settings."""
+
+    result: HMCResult
+    nodes: list[str]
+    config: HMCConfig
+    info: ModelInfo
+
+
+def load_preset(name_or_path: str | None = None, **overrides) -> HMCConfig:
+    """An HMCConfig from a preset in zoo_configs/hmc/ (lenet, alexnet_conv, alexnet_fc8) or a YAML path."""
+    from .config import HMC_PRESET_DIR, load_config
+
+    return load_config(name_or_path, overrides, cls=HMCConfig, folder=HMC_PRESET_DIR)
+
+
+def initial_states(info: ModelInfo, chains: int, sigma: float, seed: int, device: torch.device | str) -> torch.Tensor:
+    """x0 ~ q = N(0, sigma^2 I) in the normalised input space, drawn on the CPU so every device starts alike."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(chains, *info.input_size, generator=g) * sigma).to(device)
+
+
+def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config: HMCConfig | None = None,
+                device: torch.device | str = "cpu", callback=None, stop=None,
+                score: NodeScore | None = None) -> SampleRun:
+    """Run ``config.chains`` HMC chains per node (several nodes of one layer share the batch)."""
+    config = config or HMCConfig()
+    device = torch.device(device)
+    nodes = node if isinstance(node, list) else [node]
+    score = score or node_score(model.to(device), info, nodes)
+    total = config.chains * len(nodes)
+    x0 = initial_states(info, total, config.sigma, config.seed, device)
+    g = torch.Generator(device=device).manual_seed(config.seed)
+    result = hmc_sample(score, x0, iters=config.iters, leapfrog_steps=1 if config.mala else config.leapfrog_steps,
+                        step_size=config.step_size, mass=config.mass, sigma=config.sigma, generator=g,
+                        callback=callback, adapt_steps=config.adapt_steps, target_accept=config.target_accept,
+                        precision=config.precision, stop=stop)
+    return SampleRun(result, [str(n) for n in score.nodes], config, info)
+
+
+def to_pixels(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
+    """Normalised inputs (B, C, H, W) -> pixels in [0, 1]: x * std + mean, clipped."""
+    mean = torch.tensor(info.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1)
+
+
+def save_grid(x: torch.Tensor, info: ModelInfo, path: str | Path, nrow: int = 8, padding: int = 2,
+              min_size: int = 0) -> Path:
+    """Write samples as a PNG grid (``nrow`` images per row), upscaled by an integer factor to ``min_size`` px."""
+    import torchvision.utils as vutils
+
+    pix = to_pixels(x.detach().cpu(), info)
+    if min_size and pix.shape[-1] < min_size:
+        pix = torch.nn.functional.interpolate(pix, scale_factor=-(-min_size // pix.shape[-1]), mode="nearest")
+    with atomic_path(path) as tmp:
+        vutils.save_image(pix, str(tmp), nrow=nrow, padding=padding, pad_value=1.0, format="png")
+    return Path(path)
+
+
+def save_npz(run: SampleRun, path: str | Path) -> Path:
+    """Raw samples (normalised and as uint8 pixels), the per-iteration traces and the settings, in one .npz."""
+    x = run.result.x.detach().cpu()
+    arrays = {
+        "samples": x.numpy(),
+        "pixels": (to_pixels(x, run.info) * 255).round().to(torch.uint8).numpy(),
+        "accept_rate": run.result.accept_rate.numpy(),
+        **{f"trace_{k}": v.numpy() for k, v in run.result.trace.items()},
+        "nodes": np.array(run.nodes),
+        "meta": np.array(json.dumps({"config": asdict(run.config), "model": run.info.to_dict(),
+                                     "summary": run.result.summary})),
+    }
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return Path(path)
+

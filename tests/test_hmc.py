@@ -1,0 +1,146 @@
+"""The HMC sampler on targets with known answers, its robustness, and the chain diagnostics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gencnn_plugin.diagnostics import effective_sample_size, split_rhat
+from gencnn_plugin.hmc import HMCConfig, hmc_sample
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_linear_score_gives_the_known_gaussian():
+    """f(x) = a.x with q = N(0, s^2 I): p(x) = N(s^2 a, s^2 I)."""
+    a, s = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]), 0.7
+    r = hmc_sample(lambda x: x @ a, torch.zeros(3000, 5), iters=30, leapfrog_steps=10, step_size=0.3, mass=1.0,
+                   sigma=s, generator=gen())
+    torch.testing.assert_close(r.x.mean(0), s**2 * a, atol=0.06, rtol=0)  # ~4 standard errors
+    torch.testing.assert_close(r.x.var(0), torch.full((5,), s**2), atol=0.06, rtol=0)
+    assert r.summary["accept_rate"] > 0.9
+
+
+@pytest.mark.parametrize("mala", [False, True])
+def test_zero_score_returns_the_reference(mala):
+    s = 2.0
+    r = hmc_sample(lambda x: torch.zeros(x.shape[0]), torch.zeros(3000, 3, 2, 2), iters=40 if mala else 20,
+                   leapfrog_steps=1 if mala else 8, step_size=0.8 if mala else 0.5, mass=1.0, sigma=s, generator=gen(1))
+    flat = r.x.flatten(1)
+    assert flat.mean().abs() < 0.05
+    torch.testing.assert_close(flat.var(0), torch.full((12,), s**2), atol=0.4, rtol=0)
+
+
+def test_acceptance_falls_as_the_step_grows():
+    c = torch.tensor([0.3, 1.0, 3.0, 10.0])  # curvatures spread so no step size resonates with all of them
+
+    def accept(eps):
+        r = hmc_sample(lambda x: -(c * x * x).sum(1) / 2, torch.zeros(400, 4), iters=15, leapfrog_steps=10,
+                       step_size=eps, mass=1.0, generator=gen(2))
+        return r.summary["accept_rate"]
+
+    rates = [accept(eps) for eps in (0.05, 0.3, 0.45, 0.6)]
+    assert rates == sorted(rates, reverse=True) and rates[0] > 0.95 and rates[-1] < 0.4, rates
+
+
+def test_mass_and_step_only_matter_through_step_over_root_mass():
+    def run(eps, m):
+        return hmc_sample(lambda x: -(x**2).sum(1), torch.zeros(64, 3), iters=5, leapfrog_steps=5, step_size=eps,
+                          mass=m, generator=gen(3)).summary["accept_rate"]
+
+    assert run(0.1, 0.01) == pytest.approx(run(1.0, 1.0), abs=0.05)
+
+
+def test_exploding_scores_are_rejected_never_nan():
+    def score(x):
+        return torch.exp(50 * x.flatten(1).sum(1))  # overflows to inf along most trajectories
+
+    r = hmc_sample(score, torch.zeros(32, 4), iters=5, leapfrog_steps=5, step_size=1.0, mass=1.0, generator=gen())
+    assert torch.isfinite(r.x).all() and r.summary["nonfinite_proposals"] > 0
+    assert r.summary["accept_rate"] < 0.5
+
+
+def test_seeded_runs_are_reproducible():
+    def run():
+        return hmc_sample(lambda x: x.sum(1), torch.zeros(8, 3), iters=5, leapfrog_steps=3, step_size=0.2,
+                          mass=1.0, generator=gen(7)).x
+
+    assert torch.equal(run(), run())
+
+
+def test_low_precision_score_keeps_float32_energies():
+    layer = torch.nn.Linear(6, 1)
+    r = hmc_sample(lambda x: layer(x).squeeze(1), torch.zeros(16, 6), iters=4, leapfrog_steps=3, step_size=0.2,
+                   mass=1.0, generator=gen(), precision="bf16")
+    assert r.x.dtype == torch.float32 and all(v.dtype == torch.float32 for v in r.trace.values())
+    assert torch.isfinite(r.x).all()
+
+
+def test_dual_averaging_adapts_during_warmup_only():
+    r = hmc_sample(lambda x: -(x**2).sum(1) / 2, torch.zeros(200, 10), iters=60, leapfrog_steps=10, step_size=3.0,
+                   mass=1.0, generator=gen(), adapt_steps=40, target_accept=0.7)
+    eps = r.trace["step_size"]
+    assert eps[0].mean() == 3.0 and eps[-1].mean() < 2.0
+    assert torch.equal(eps[41], eps[-1])  # frozen after warm-up
+    assert 0.5 < float(r.trace["accepted"][40:].mean()) <= 1.0
+
+
+def test_callback_and_stop_end_the_run():
+    seen = []
+
+    def callback(step):
+        seen.append((step.iteration, step.x.shape, step.accepted.shape))
+        return step.iteration == 2
+
+    r = hmc_sample(lambda x: x.sum(1), torch.zeros(4, 3), iters=10, leapfrog_steps=2, step_size=0.1, mass=1.0,
+                   generator=gen(), callback=callback)
+    assert r.iters_done == 3 and r.stopped and [s[0] for s in seen] == [0, 1, 2]
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) >= 7  # mid-way through the 4th trajectory of 2 leapfrog steps
+
+    r = hmc_sample(lambda x: x.sum(1), torch.zeros(4, 3), iters=10, leapfrog_steps=2, step_size=0.1, mass=1.0,
+                   generator=gen(), stop=stop)
+    assert r.stopped and r.iters_done == 3
+
+
+def test_samples_of_a_cnn_node_move_away_from_the_start():
+    from gencnn_plugin import create_model
+    from gencnn_plugin.nodes import node_score
+
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    score = node_score(model, info, "conv2:3")
+    x0 = torch.randn(4, 1, 28, 28)
+    r = hmc_sample(score, x0, iters=5, leapfrog_steps=10, step_size=0.01, mass=0.01, generator=gen())
+    assert r.summary["accept_rate"] > 0.5
+    assert (r.x - x0).flatten(1).norm(dim=1).min() > 1.0
+    assert r.trace["score"][-1].mean() > score(x0).mean()
+
+
+@pytest.mark.parametrize("kw,match", [(dict(step_size=0.0), "step_size"), (dict(leapfrog_steps=0), "leapfrog"),
+                                      (dict(chains=0), "chains"), (dict(mass=-1.0), "mass"),
+                                      (dict(step_size=math.inf), "step_size"), (dict(precision="fp8"), "precision")])
+def test_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        HMCConfig(**kw)
+
+
+def test_ess_and_rhat():
+    g = gen(0)
+    iid = torch.randn(400, 8, generator=g)
+    assert 0.7 * 3200 < effective_sample_size(iid) < 1.3 * 3200
+    assert abs(split_rhat(iid) - 1.0) < 0.02
+    ar = torch.zeros(4000, 4)
+    e = torch.randn(4000, 4, generator=g)
+    ar[0] = e[0] / math.sqrt(1 - 0.81)
+    for t in range(1, 4000):
+        ar[t] = 0.9 * ar[t - 1] + e[t]
+    assert effective_sample_size(ar) == pytest.approx(16000 * 0.1 / 1.9, rel=0.3)  # AR(1): n (1 - phi) / (1 + phi)
+    assert split_rhat(iid + torch.arange(8.0)) > 1.5
