@@ -1,0 +1,85 @@
+"""Sampling a node end to end: presets, grid PNG, .npz, and the nodes/sample commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gencnn_plugin import create_model, save_checkpoint
+from gencnn_plugin.cli import main
+from gencnn_plugin.config import ConfigError
+from gencnn_plugin.visualize import load_preset, sample_node, save_grid, save_npz, to_pixels
+
+
+@pytest.fixture(scope="module")
+def lenet_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "lenet.safetensors", model, info, mode="dg", epoch=0)
+
+
+def test_presets_are_the_papers_settings():
+    lenet, conv, fc8 = load_preset("lenet"), load_preset("alexnet_conv"), load_preset("alexnet_fc8")
+    assert (lenet.iters, lenet.step_size, lenet.leapfrog_steps, lenet.mass) == (100, 0.1, 50, 0.01)
+    assert (conv.iters, conv.step_size, conv.leapfrog_steps, conv.mass) == (100, 1.0, 25, 0.3)
+    assert (fc8.iters, fc8.step_size, fc8.leapfrog_steps, fc8.mass) == (500, 1.0, 25, 0.3)
+    assert lenet.adapt_steps == conv.adapt_steps == fc8.adapt_steps == 0
+    assert load_preset("lenet", chains=3, step_size=None).chains == 3
+    with pytest.raises(ConfigError, match="step_size"):
+        load_preset("lenet", step_size=-1.0)
+    with pytest.raises(ConfigError, match="unknown config key 'step'"):
+        load_preset("lenet", step=0.1)
+
+
+def test_grid_and_npz(tmp_path):
+    model, info = create_model("lenet")
+    cfg = load_preset("lenet", chains=3, iters=2, leapfrog_steps=3, step_size=0.01)
+    run = sample_node(model, info, ["logits:1", "logits:2"], cfg)
+    assert run.result.x.shape == (6, 1, 28, 28) and run.nodes == ["logits:1", "logits:2"]
+    png = save_grid(run.result.x, info, tmp_path / "g.png", nrow=3)
+    assert Image.open(png).size == (3 * 30 + 2, 2 * 30 + 2)
+    npz = np.load(save_npz(run, tmp_path / "s.npz"))
+    assert npz["samples"].shape == (6, 1, 28, 28) and npz["pixels"].dtype == np.uint8
+    assert npz["trace_accepted"].shape == (2, 6) and list(npz["nodes"]) == ["logits:1", "logits:2"]
+    pix = to_pixels(run.result.x, info)
+    assert pix.min() >= 0 and pix.max() <= 1
+
+
+def test_nodes_command(lenet_ckpt, capsys):
+    assert main(["nodes", str(lenet_ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "conv1" in out and "20x24x24" in out and "logits" in out
+
+
+def test_sample_command(lenet_ckpt, tmp_path, capsys):
+    png, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    assert main(["sample", str(lenet_ckpt), "--node", "conv2:3,mean", "--chains", "4", "--iters", "3",
+                 "--leapfrog-steps", "4", "--step-size", "0.01", "--device", "cpu", "--out", str(png),
+                 "--npz", str(npz)]) == 0
+    out = capsys.readouterr().out
+    assert "acceptance" in out and "gradient evaluations/s" in out
+    assert png.is_file() and np.load(npz)["samples"].shape == (4, 1, 28, 28)
+
+
+def test_sample_a_spec_with_local_weights(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    model, _ = create_model("tv:squeezenet1_1", num_classes=5)
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    assert main(["sample", "tv:squeezenet1_1", "--weights", str(tmp_path / "w.safetensors"), "--num-classes", "5",
+                 "--node", "features.0:3", "--chains", "2", "--iters", "1", "--leapfrog-steps", "1",
+                 "--device", "cpu", "--out", str(tmp_path / "sq.png")]) == 0
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--node", "conv9:1"], "no layer 'conv9'"),
+    (["--node", "conv1:20"], r"conv1 has 20 channels \(0-19\)"),
+    (["--node", "conv1:1", "--step-size", "0"], "step_size"),
+    (["--node", "conv1:1", "--preset", "alexnet_fc9"], "alexnet_fc8"),
+])
+def test_sample_errors(lenet_ckpt, tmp_path, capsys, argv, match):
+    assert main(["sample", str(lenet_ckpt), "--device", "cpu", "--out", str(tmp_path / "x.png"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err or __import__("re").search(match, err), err
