@@ -226,6 +226,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", default="samples.png", help="PNG grid")
     p.add_argument("--npz", help="also write samples, pixels and per-iteration diagnostics here")
     p.add_argument("--nrow", type=int, help="images per grid row (default: chains per node)")
+    p.add_argument("--display", choices=["range", "clip"], default="range",
+                   help="grid images: each rescaled to its own range, or de-normalised pixels clipped to [0, 1]")
+    p.add_argument("--min-size", type=int, default=56, help="upscale small images to at least this many pixels")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -240,7 +243,8 @@ def _cmd_sample(args) -> int:
     model, info = _open(args, device)
     run = sample_node(model, info, args.node, config, device)
     s = run.result.summary
-    save_grid(run.result.x, info, args.out, nrow=args.nrow or config.chains)
+    save_grid(run.result.x, info, args.out, nrow=args.nrow or config.chains, min_size=args.min_size,
+              display=args.display)
     if args.npz:
         save_npz(run, args.npz)
     print(f"{info.spec} {', '.join(run.nodes)}: {s['chains']} chains x {s['iters']} iterations x "

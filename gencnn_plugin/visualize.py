@@ -18,7 +18,8 @@ from .hmc import HMCConfig, HMCResult, hmc_sample
 from .nodes import NodeScore, node_score
 from .specs import ModelInfo
 
-__all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "save_grid", "save_npz", "load_preset"]
+__all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "save_grid", "save_npz",
+           "load_preset"]
 
 
 @dataclass
@@ -69,12 +70,27 @@ def to_pixels(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
     return (x.float() * std + mean).clamp(0, 1)
 
 
+def display_pixels(x: torch.Tensor, info: ModelInfo, display: str = "range") -> torch.Tensor:
+    """Samples as images in [0, 1]. ``clip``: de-normalised pixels, clipped. ``range``: each image de-normalised and
+    rescaled to its own min..max, because draws from p_y with q = N(0, sigma^2 I) spread far beyond the pixel range
+    (the raw values are in the .npz)."""
+    pix = x.detach().float() * torch.tensor(info.std, device=x.device).view(1, -1, 1, 1) \
+        + torch.tensor(info.mean, device=x.device).view(1, -1, 1, 1)
+    if display == "clip":
+        return pix.clamp(0, 1)
+    if display != "range":
+        raise ValueError(f"display must be 'range' or 'clip', got {display!r}")
+    lo = pix.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    hi = pix.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    return (pix - lo) / (hi - lo).clamp_min(1e-12)
+
+
 def save_grid(x: torch.Tensor, info: ModelInfo, path: str | Path, nrow: int = 8, padding: int = 2,
-              min_size: int = 0) -> Path:
+              min_size: int = 0, display: str = "range") -> Path:
     """Write samples as a PNG grid (``nrow`` images per row), upscaled by an integer factor to ``min_size`` px."""
     import torchvision.utils as vutils
 
-    pix = to_pixels(x.detach().cpu(), info)
+    pix = display_pixels(x.detach().cpu(), info, display)
     if min_size and pix.shape[-1] < min_size:
         pix = torch.nn.functional.interpolate(pix, scale_factor=-(-min_size // pix.shape[-1]), mode="nearest")
     with atomic_path(path) as tmp:

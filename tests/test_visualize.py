@@ -10,7 +10,7 @@ from PIL import Image
 from gencnn_plugin import create_model, save_checkpoint
 from gencnn_plugin.cli import main
 from gencnn_plugin.config import ConfigError
-from gencnn_plugin.visualize import load_preset, sample_node, save_grid, save_npz, to_pixels
+from gencnn_plugin.visualize import display_pixels, load_preset, sample_node, save_grid, save_npz
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,17 @@ def test_grid_and_npz(tmp_path):
     assert run.result.x.shape == (6, 1, 28, 28) and run.nodes == ["logits:1", "logits:2"]
     png = save_grid(run.result.x, info, tmp_path / "g.png", nrow=3)
     assert Image.open(png).size == (3 * 30 + 2, 2 * 30 + 2)
+    big = save_grid(run.result.x, info, tmp_path / "b.png", nrow=3, min_size=56)
+    assert Image.open(big).size == (3 * 58 + 2, 2 * 58 + 2)
     npz = np.load(save_npz(run, tmp_path / "s.npz"))
     assert npz["samples"].shape == (6, 1, 28, 28) and npz["pixels"].dtype == np.uint8
     assert npz["trace_accepted"].shape == (2, 6) and list(npz["nodes"]) == ["logits:1", "logits:2"]
-    pix = to_pixels(run.result.x, info)
-    assert pix.min() >= 0 and pix.max() <= 1
+    for display in ("range", "clip"):
+        pix = display_pixels(run.result.x, info, display)
+        assert pix.min() >= 0 and pix.max() <= 1
+    spread = display_pixels(run.result.x, info, "range").flatten(1)
+    torch.testing.assert_close(spread.min(1).values, torch.zeros(6))
+    torch.testing.assert_close(spread.max(1).values, torch.ones(6))
 
 
 def test_nodes_command(lenet_ckpt, capsys):
