@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from gencnn_plugin import load_checkpoint  # noqa: E402
 from gencnn_plugin.data import load_mnist, normalizer  # noqa: E402
-from gencnn_plugin.visualize import load_preset, sample_node, save_grid, to_pixels  # noqa: E402
+from gencnn_plugin.visualize import display_pixels, load_preset, sample_node, save_grid  # noqa: E402
 
 
 def mean_pairwise_distance(images: torch.Tensor) -> float:
@@ -50,14 +50,15 @@ def run(args: argparse.Namespace) -> dict:
     lenet, info, meta = load_checkpoint(args.lenet)
     judge, judge_info, judge_meta = load_checkpoint(args.judge)
     assert judge_info.spec != info.spec, "the judge must be another architecture"
-    cfg = load_preset(args.preset, chains=args.chains, seed=args.seed)
+    cfg = load_preset(args.preset, chains=args.chains, seed=args.seed, sigma=args.sigma)
     t0 = time.perf_counter()
     out = sample_node(lenet, info, [f"logits:{k}" for k in range(10)], cfg)
     seconds = time.perf_counter() - t0
     x = out.result.x
-    pixels = to_pixels(x, info)
+    pixels = display_pixels(x, info, "range")  # what the grid shows
     targets = torch.arange(10).repeat_interleave(cfg.chains)
     judged = judge_labels(judge, judge_info, pixels)
+    judged_clip = judge_labels(judge, judge_info, display_pixels(x, info, "clip"))
     with torch.no_grad():
         own = lenet(x).argmax(1)
     test = load_mnist(args.data_dir, train=False)
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> dict:
     save_grid(x[grid_idx], info, images / f"lenet_digits_{tag}.png", nrow=min(8, cfg.chains), min_size=56)
     channel_grids = {}
     for layer, channels in (("conv1", range(0, 20, 2)), ("conv2", range(0, 50, 5))):
-        ccfg = load_preset(args.preset, chains=4, iters=args.conv_iters, seed=args.seed)
+        ccfg = load_preset(args.preset, chains=4, iters=args.conv_iters, seed=args.seed, sigma=args.sigma)
         cres = sample_node(lenet, info, [f"{layer}:{c}" for c in channels], ccfg)
         path = images / f"lenet_{layer}_{tag}.png"
         save_grid(cres.result.x, info, path, nrow=4 * 5, min_size=56)
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> dict:
         "lenet_test_error": meta.get("test_error"), "judge": judge_info.spec,
         "judge_test_error": judge_meta.get("test_error"), "chains_per_digit": cfg.chains,
         "judge_agrees": float((judged == targets).float().mean()),
+        "judge_agrees_clipped": float((judged_clip == targets).float().mean()),
         "lenet_agrees": float((own == targets).float().mean()),
         "diversity": sum(c["diversity"] for c in per_class) / 10,
         "real_diversity": sum(c["real_diversity"] for c in per_class) / 10,
@@ -106,21 +108,24 @@ def render(records: list[dict]) -> str:
         "# HMC samples of a trained LeNet: do they look like the digit?",
         "",
         "Judge = an independently trained classifier of another architecture; agreement = fraction of samples it",
-        "labels as the sampled digit. Diversity = mean pairwise L2 distance of samples of one digit (pixels in",
-        "[0, 1]), beside real MNIST test digits. Written by `benchmarks/lenet_samples.py`.",
+        "labels as the sampled digit, as displayed (each image rescaled to its own range; clipped pixels in",
+        "brackets). Diversity = mean pairwise L2 distance of displayed samples of one digit (in [0, 1]), beside",
+        "real MNIST test digits. Written by `benchmarks/lenet_samples.py`.",
         "",
-        "| preset | steps (eps, L, m, iters) | chains/digit | acceptance | judge agrees | LeNet agrees | diversity "
-        "(real) | seconds |",
+        "| preset | eps, L, m, sigma, iters | chains/digit | acceptance | judge agrees (clipped) | LeNet agrees "
+        "| diversity (real) | seconds |",
         "|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in records:
         c = r["config"]
         lines.append(
-            f"| {r['preset']} | {c['step_size']}, {c['leapfrog_steps']}, {c['mass']}, {c['iters']} | "
-            f"{r['chains_per_digit']} | {r['accept_rate']:.3f} | {100 * r['judge_agrees']:.1f}% | "
+            f"| {r['tag']} | {c['step_size']}, {c['leapfrog_steps']}, {c['mass']}, {c['sigma']}, {c['iters']} | "
+            f"{r['chains_per_digit']} | {r['accept_rate']:.3f} | {100 * r['judge_agrees']:.1f}% "
+            f"({100 * r['judge_agrees_clipped']:.1f}%) | "
             f"{100 * r['lenet_agrees']:.1f}% | {r['diversity']:.2f} ({r['real_diversity']:.2f}) | {r['seconds']:.0f} |")
     for r in records:
-        lines += ["", f"## {r['preset']}", "", f"![digits]({'../' + r['grid'].removeprefix('docs/')})", "",
+        lines += ["", f"## {r['tag']} (preset {r['preset']})", "",
+                  f"![digits]({'../' + r['grid'].removeprefix('docs/')})", "",
                   f"LeNet {r['lenet']} (test error {100 * (r['lenet_test_error'] or 0):.2f}%), judge {r['judge']} "
                   f"(test error {100 * (r['judge_test_error'] or 0):.2f}%); {r['device']}, torch {r['torch']}, "
                   f"{r['date']}.", "", f"Command: `{r['command']}`", "",
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="lenet")
     p.add_argument("--tag", help="name for the output images (default: the preset)")
     p.add_argument("--chains", type=int, default=32, help="chains per digit")
+    p.add_argument("--sigma", type=float, help="reference std (default: the preset's)")
     p.add_argument("--conv-iters", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
