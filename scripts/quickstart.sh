@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, on the CPU: LeNet on MNIST trained with GG pre-training + DG fine-tuning (the paper's schedule,
-# shortened to 1 + 1 epochs), a DG run beside it with the same steps, and both test errors.
+# shortened to 1 + 1 epochs), a DG run beside it with the same steps, both test errors, and HMC samples of the
+# GG+DG LeNet's ten digit nodes (8 chains each) in one grid.
 # Full-length runs: gencnn train lenet_mnist --mode gg+dg (25 epochs) and benchmarks/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +17,9 @@ echo
 echo "test error on the 10,000 MNIST test images after $EPOCHS epochs:"
 gencnn eval "$OUT/gg+dg" --device cpu
 gencnn eval "$OUT/dg" --device cpu
+
+echo
+nodes=()
+for k in 0 1 2 3 4 5 6 7 8 9; do nodes+=(--node "logits:$k"); done
+gencnn sample "$OUT/gg+dg" "${nodes[@]}" --preset lenet_tuned --chains 8 --iters "${HMC_ITERS:-100}" --device cpu \
+  --out "$OUT/digits.png" --npz "$OUT/digits.npz"

@@ -19,3 +19,12 @@ def data_dir() -> Path:
     if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST not found under {root} (set GENCNN_DATA)")
     return root
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only ../shared folder (weights, photos); tests that need it skip without it."""
+    root = Path(os.environ.get("GENCNN_SHARED") or REPO.parent / "shared")
+    if not (root / "weights").is_dir():
+        pytest.skip(f"no pretrained weights under {root}")
+    return root

@@ -105,3 +105,18 @@ def test_weights_file_round_trip(tmp_path):
     for name in ("w.safetensors", "w.pt"):
         other, _ = create_model("lenet", weights_file=tmp_path / name)
         torch.testing.assert_close(other.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("spec,file,kwargs,norm,expected", [
+    ("tv:squeezenet1_1", "squeezenet1_1_imagenet.safetensors", {}, None, "tiger cat"),
+    ("timm:mobilenetv2_100", "mobilenetv2_100_imagenet.safetensors", {"pad_type": "same"}, (0.5,), "tiger cat"),
+])
+def test_local_imagenet_weights_classify_a_photo(shared_dir, spec, file, kwargs, norm, expected):
+    import torchvision.transforms as T
+    from PIL import Image
+
+    model, info = create_model(spec, weights_file=shared_dir / "weights" / file, mean=norm, std=norm, **kwargs)
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(info.mean, info.std)])
+    x = tf(Image.open(shared_dir / "data" / "images" / "chelsea.png").convert("RGB"))[None]
+    with torch.no_grad():
+        assert expected in info.class_names[model.eval()(x).argmax(1).item()]
