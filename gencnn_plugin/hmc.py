@@ -80,26 +80,31 @@ class HMCResult:
 
 def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, dtype: torch.dtype | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """U(x) = -f(x) + |x|^2 / (2 sigma^2) per chain, its gradient dU/dx, and f(x); all float32."""
+    """U(x) = -f(x) + |x|^2 / (2 sigma^2) per chain, dU/dx = -df/dx + x / sigma^2, and f(x); all float32.
+
+    Only f goes through autograd: the Gaussian term's gradient is written out. Chains are independent, so
+    d(sum_b f_b)/dx_b = df_b/dx_b.
+    """
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+        xg = x.detach().requires_grad_(True)
         ctx = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with ctx:
-            f = score_fn(x)
-        f = f.float()
-        u = -f + x.float().pow(2).flatten(1).sum(1) / (2 * sigma**2)
-        (grad,) = torch.autograd.grad(u.sum(), x)  # chains are independent: d sum_b U_b / d x_b = dU_b / d x_b
-    return u.detach(), grad.float(), f.detach()
+            f = score_fn(xg).float()
+        df = torch.autograd.grad(f.sum(), xg)[0] if f.requires_grad else torch.zeros_like(xg)
+    x = x.detach().float()
+    u = -f.detach() + x.pow(2).flatten(1).sum(1) / (2 * sigma**2)
+    return u, x / sigma**2 - df.float(), f.detach()
 
 
 def leapfrog(x, phi, grad, energy, step_size, steps: int, mass: float, stop: Callable[[], bool] | None = None):
     """``steps`` leapfrog steps (eqs. 11-13); returns (x, phi, U, dU/dx, f) at the end, or None if stopped."""
+    half, drift = step_size / 2, step_size / mass
     u = f = None
     for _ in range(steps):
-        phi = phi - (step_size / 2) * grad  # (11) half step of the momentum
-        x = x + step_size * phi / mass  # (12) full step of the position
+        phi = phi - half * grad  # (11) half step of the momentum
+        x = x + drift * phi  # (12) full step of the position
         u, grad, f = energy(x)
-        phi = phi - (step_size / 2) * grad  # (13) half step of the momentum
+        phi = phi - half * grad  # (13) half step of the momentum
         if stop is not None and stop():
             return None
     return x, phi, u, grad, f
