@@ -21,5 +21,5 @@ gencnn eval "$OUT/dg" --device cpu
 echo
 nodes=()
 for k in 0 1 2 3 4 5 6 7 8 9; do nodes+=(--node "logits:$k"); done
-gencnn sample "$OUT/gg+dg" "${nodes[@]}" --preset lenet_tuned --chains 8 --iters "${HMC_ITERS:-100}" --device cpu \
+gencnn sample "$OUT/gg+dg" "${nodes[@]}" --preset lenet_sigma3 --chains 8 --iters "${HMC_ITERS:-100}" --device cpu \
   --out "$OUT/digits.png" --npz "$OUT/digits.npz"
