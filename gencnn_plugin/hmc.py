@@ -201,18 +201,25 @@ def hmc_sample(
     return result
 
 
-def summarize(result: HMCResult, warmup: int = 0) -> dict:
-    """Acceptance, energy error, speed, and ESS / split R-hat of f_y across chains (after warm-up)."""
+def summarize(result: HMCResult, warmup: int = 0, groups: int = 1) -> dict:
+    """Acceptance, energy error, speed, and ESS / split R-hat of f_y across chains (after warm-up).
+
+    With ``groups`` > 1 the chains are that many equal consecutive groups sampling different targets (one node
+    each); ESS and R-hat are computed within each group and the worst group is reported.
+    """
     tr = result.trace
     kept = tr["score"][warmup:] if result.iters_done > warmup else tr["score"]
+    per_group = kept.chunk(groups, dim=1) if kept.numel() and kept.shape[1] % groups == 0 else (kept,)
     finite_dh = tr["energy_error"][torch.isfinite(tr["energy_error"])]
+    b = int(result.x.shape[0])
     return {
-        "iters": result.iters_done, "chains": int(result.x.shape[0]),
+        "iters": result.iters_done, "chains": b,
         "accept_rate": float(tr["accepted"].mean()) if result.iters_done else float("nan"),
         "mean_abs_energy_error": float(finite_dh.abs().mean()) if finite_dh.numel() else float("nan"),
         "nonfinite_proposals": int((~torch.isfinite(tr["energy_error"])).sum()),
         "final_score_mean": float(tr["score"][-1].mean()) if result.iters_done else float("nan"),
-        "ess_score": effective_sample_size(kept), "rhat_score": split_rhat(kept),
-        "seconds": result.seconds, "grad_evals": result.grad_evals * int(result.x.shape[0]),
-        "grad_evals_per_second": result.grad_evals * int(result.x.shape[0]) / max(result.seconds, 1e-9),
+        "ess_score": min(effective_sample_size(g) for g in per_group),
+        "rhat_score": max(split_rhat(g) for g in per_group),
+        "seconds": result.seconds, "grad_evals": result.grad_evals * b,
+        "grad_evals_per_second": result.grad_evals * b / max(result.seconds, 1e-9),
     }

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_path
-from .hmc import HMCConfig, HMCResult, hmc_sample
+from .hmc import HMCConfig, HMCResult, hmc_sample, summarize
 from .nodes import NodeScore, node_score
 from .specs import ModelInfo
 
@@ -60,6 +60,7 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
                         step_size=config.step_size, mass=config.mass, sigma=config.sigma, generator=g,
                         callback=callback, adapt_steps=config.adapt_steps, target_accept=config.target_accept,
                         precision=config.precision, stop=stop)
+    result.summary = summarize(result, config.adapt_steps, groups=len(score.nodes))  # R-hat within each node
     return SampleRun(result, [str(n) for n in score.nodes], config, info)
 
 

@@ -144,3 +144,13 @@ def test_ess_and_rhat():
         ar[t] = 0.9 * ar[t - 1] + e[t]
     assert effective_sample_size(ar) == pytest.approx(16000 * 0.1 / 1.9, rel=0.3)  # AR(1): n (1 - phi) / (1 + phi)
     assert split_rhat(iid + torch.arange(8.0)) > 1.5
+
+
+def test_rhat_is_computed_within_each_node_group():
+    from gencnn_plugin.hmc import summarize
+
+    # two groups of chains with different targets: mixed within each group, far apart between them
+    r = hmc_sample(lambda x: torch.where(torch.arange(x.shape[0]) < 8, 20.0, 5.0) * x[:, 0],  # f ~ 400 vs ~ 25
+                   torch.zeros(16, 2), iters=40, leapfrog_steps=5, step_size=0.3, mass=1.0, generator=gen())
+    assert summarize(r, groups=1)["rhat_score"] > 1.5
+    assert summarize(r, groups=2)["rhat_score"] < 1.2
