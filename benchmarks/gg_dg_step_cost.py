@@ -20,8 +20,6 @@ import argparse
 import datetime
 import json
 import math
-import platform
-import random
 import shlex
 import statistics
 import sys
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import bootstrap_median_ci, device_name, load_records, quartiles, sync  # noqa: E402
 from torch import nn
 
 from gencnn_plugin import create_model, generative_loss
@@ -66,12 +65,6 @@ CASES = {
 }
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
                ) -> torch.Tensor:
     """One full training step; returns the (detached) loss without synchronising."""
@@ -92,19 +85,6 @@ def time_block(step: Callable[[], torch.Tensor], k: int, device: torch.device) -
     return (time.perf_counter() - t0) / k
 
 
-def bootstrap_median_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the median of ``values``."""
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n_boot))
-    return meds[int(0.025 * n_boot)], meds[int(0.975 * n_boot) - 1]
-
-
-def quartiles(values: list[float]) -> tuple[float, float]:
-    """First and third quartile."""
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
-
-
 def loss_only_us(logits: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, device: torch.device, reps: int) -> float:
     """Median microseconds of forward+backward of ``loss_fn`` alone on ``logits`` (diagnostic)."""
     leaf = logits.detach().clone().requires_grad_(True)
@@ -118,19 +98,6 @@ def loss_only_us(logits: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, device:
         times.append((time.perf_counter() - t0) / 20 * 1e6)
         leaf.grad = None
     return statistics.median(times)
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model name from /proc/cpuinfo."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_case(case: Case, device: torch.device, rounds: int, k: int, warmup: int, seed: int) -> dict:
@@ -179,13 +146,6 @@ def run_case(case: Case, device: torch.device, rounds: int, k: int, warmup: int,
         "loss_only_fwd_bwd_us": loss_us, "final_loss": final, "finite": all(map(math.isfinite, final.values())),
         "per_round_ms": {n: [round(v * 1e3, 4) for v in per_step[n]] for n in LOSSES},
     }
-
-
-def load_records(path: Path) -> list[dict]:
-    """Records of an existing results file, or none."""
-    if not path.exists():
-        return []
-    return json.loads(path.read_text()).get("records", [])
 
 
 def render_markdown(records: list[dict]) -> str:

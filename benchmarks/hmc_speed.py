@@ -41,8 +41,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
-import random
 import shlex
 import statistics
 import sys
@@ -52,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _common import bootstrap_median_ci, device_name, load_records, quartiles, sync  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode
 
 from gencnn_plugin import create_model
@@ -139,12 +138,6 @@ CASES = {
 }
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context hmc_sample uses for ``precision`` (none for fp32)."""
     dtype = DTYPES[precision]
@@ -191,34 +184,6 @@ def count_flops(score: ScoreFn, x0: torch.Tensor, precision: str) -> int:
         # .backward(), not autograd.grad: FlopCounterMode's module hooks do not support grad() on a leaf input
         score(x).float().sum().backward()
     return int(counter.get_total_flops())
-
-
-def bootstrap_median_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the median of ``values``."""
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n_boot))
-    return meds[int(0.025 * n_boot)], meds[int(0.975 * n_boot) - 1]
-
-
-def quartiles(values: list[float]) -> tuple[float, float]:
-    """First and third quartile (the value twice for a single round)."""
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model name from /proc/cpuinfo."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def precision_note(device: torch.device, precision: str) -> str:
@@ -316,13 +281,6 @@ def run_case(case: Case, device: torch.device, rounds: int, warmup: int, precisi
         "vs_paper": paper_stats(case, device, evals, hmc_s) if case.paper else None,
     }
     return rec
-
-
-def load_records(path: Path) -> list[dict]:
-    """Records of an existing results file, or none."""
-    if not path.exists():
-        return []
-    return json.loads(path.read_text()).get("records", [])
 
 
 def _met(value: bool | None) -> str:
