@@ -1,0 +1,176 @@
+"""The paper's Table 1 protocol (section 4.1): LeNet on MNIST with DG, GG, GG+DG and auto, several seeds.
+
+Runs every (seed, mode) pair with the lenet_mnist recipe (or another, e.g. resnet18_mnist), one JSON per run in
+docs/results/<name>/, then a summary: mean / std / each seed's test error at the end of training beside the
+paper's numbers, wall time, GG vs DG seconds per epoch, and the paired difference GG+DG - DG per seed with a
+t interval and an exact sign test. Runs already recorded are skipped, so the script resumes after an interruption.
+Plots (with matplotlib, the `bench` extra): test error per epoch per mode, mean normalised ESS per epoch under GG.
+
+    python benchmarks/mnist_table1.py --seeds 0 1 2 3 4 --device cuda --data-dir .data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gencnn_plugin import load_config, train  # noqa: E402
+
+PAPER = {"dg": 1.03, "gg": 0.85, "gg+dg": 0.78}  # Table 1, % test error
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def run_one(recipe: str, mode: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+    """Train one (mode, seed) and return its record: summary plus the per-epoch history."""
+    tag = mode.replace("+", "")
+    run_dir = Path(args.runs) / out.name / f"{tag}-s{seed}"
+    overrides = dict(mode=mode, seed=seed, device=args.device, data_dir=args.data_dir, out=str(run_dir),
+                     epochs=args.epochs, switch_epoch=args.switch_epoch, train_subset=args.train_subset)
+    cfg = load_config(recipe, overrides)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{tag}-s{seed}.log", "w") as log:
+        summary = train(cfg, log=lambda msg: print(msg, file=log, flush=True))
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    config = {k: v for k, v in vars(cfg).items() if k not in ("out", "resume")}
+    return {**summary, "history": history, "config": config, "command": "python " + " ".join(sys.argv)}
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Paired differences b - a: mean, std, 95% t interval, and an exact two-sided sign test."""
+    d = [y - x for x, y in zip(a, b)]
+    n = len(d)
+    mean = statistics.fmean(d)
+    sd = statistics.stdev(d) if n > 1 else float("nan")
+    half = T975.get(n - 1, 1.96) * sd / math.sqrt(n) if n > 1 else float("nan")
+    neg, pos = sum(x < 0 for x in d), sum(x > 0 for x in d)
+    k, m = min(neg, pos), neg + pos
+    p_sign = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    return {"diffs": d, "mean": mean, "std": sd, "ci95": [mean - half, mean + half], "t": mean / (sd / math.sqrt(n))
+            if n > 1 and sd > 0 else float("nan"), "sign_test_p": p_sign, "n_better": neg, "n_worse": pos}
+
+
+def summarize(records: list[dict], modes: list[str]) -> dict:
+    by_mode = {m: sorted((r for r in records if r["mode"] == m), key=lambda r: r["seed"]) for m in modes}
+    table = {}
+    for m, rs in by_mode.items():
+        errs = [100 * r["test_error"] for r in rs]
+        table[m] = {"seeds": [r["seed"] for r in rs], "errors": errs, "mean": statistics.fmean(errs) if errs else None,
+                    "std": statistics.stdev(errs) if len(errs) > 1 else None, "paper": PAPER.get(m),
+                    "wall_s": statistics.fmean([r["train_seconds"] for r in rs]) if rs else None,
+                    "switched_at": [r["switched_at_epoch"] for r in rs]}
+    gg_s = [h["seconds"] for r in records for h in r["history"] if h["phase"] == "gg"]
+    dg_s = [h["seconds"] for r in records for h in r["history"] if h["phase"] == "dg"]
+    common = sorted(set(table.get("dg", {}).get("seeds", [])) & set(table.get("gg+dg", {}).get("seeds", [])))
+    pair = None
+    if common:
+        err = {(r["mode"], r["seed"]): 100 * r["test_error"] for r in records}
+        pair = paired([err["dg", s] for s in common], [err["gg+dg", s] for s in common])
+    return {"table": table, "paired_ggdg_minus_dg": pair, "seeds_paired": common,
+            "gg_epoch_s": statistics.median(gg_s) if gg_s else None, "dg_epoch_s": statistics.median(dg_s) if dg_s
+            else None}
+
+
+def render(s: dict, records: list[dict], name: str) -> str:
+    r0 = records[0]
+    c = r0["config"]
+    subset = f", first {c['train_subset']} training images only" if c.get("train_subset") else ""
+    lines = [f"# {name}: the paper's Table 1 protocol", "",
+             f"Model {r0['model']}, batch {c['batch_size']}, lr {c['lr']} ({c['lr_policy']}), momentum "
+             f"{c['momentum']}, weight decay {c['weight_decay']}, {c['epochs']} epochs{subset}; GG+DG switches after "
+             f"{c['switch_epoch']} epochs to lr {c['switch_lr']}; auto below mean ESS {c['ess_threshold']}. Test "
+             f"error on the 10,000 MNIST test images at the end of training. Device: {r0['device']}; "
+             f"torch {r0['torch']}; {date.today().isoformat()}.", "",
+             f"Command: `{r0['command']}`", "",
+             "| mode | seeds | mean % | std | per seed | paper % | wall s/run | switched at |",
+             "|---|---:|---:|---:|---|---:|---:|---|"]
+    for m, t in s["table"].items():
+        if not t["errors"]:
+            continue
+        per = ", ".join(f"{e:.2f}" for e in t["errors"])
+        lines.append(f"| {m} | {len(t['errors'])} | {t['mean']:.3f} | {t['std'] or float('nan'):.3f} | {per} | "
+                     f"{t['paper'] if t['paper'] is not None else '-'} | {t['wall_s']:.0f} | "
+                     f"{', '.join(str(x) for x in t['switched_at'])} |")
+    p = s["paired_ggdg_minus_dg"]
+    if p:
+        lines += ["", f"Paired GG+DG - DG over seeds {s['seeds_paired']}: mean {p['mean']:+.3f} points "
+                      f"(std {p['std']:.3f}, 95% t interval {p['ci95'][0]:+.3f} .. {p['ci95'][1]:+.3f}, "
+                      f"t = {p['t']:.2f}); GG+DG better in {p['n_better']}, worse in {p['n_worse']}; "
+                      f"exact sign test p = {p['sign_test_p']:.3f}."]
+    if s["gg_epoch_s"] and s["dg_epoch_s"]:
+        lines += ["", f"Median seconds per epoch: GG {s['gg_epoch_s']:.2f}, DG {s['dg_epoch_s']:.2f} "
+                      f"(ratio {s['gg_epoch_s'] / s['dg_epoch_s']:.3f}; target <= 1.05)."]
+    lines += ["", "![test error per epoch](../images/table1_test_error.png)",
+              "![ESS under GG](../images/table1_ess.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], modes: list[str], images: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plots")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in modes:
+        hs = [r["history"] for r in records if r["mode"] == m]
+        if hs:
+            n = min(len(h) for h in hs)
+            mean_err = [100 * statistics.fmean(h[e]["test_error"] for h in hs) for e in range(n)]
+            ax.plot(range(1, n + 1), mean_err, label=m)
+    ax.set(xlabel="epoch", ylabel="test error % (mean over seeds)", yscale="log")
+    ax.legend()
+    fig.savefig(images / "table1_test_error.png", dpi=120, bbox_inches="tight")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    hs = [r["history"] for r in records if r["mode"] == "gg"]
+    if hs:
+        n = min(len(h) for h in hs)
+        ax.plot(range(1, n + 1), [statistics.fmean(h[e]["mean_ess"] for h in hs) for e in range(n)])
+    ax.set(xlabel="epoch", ylabel="mean normalised ESS under GG")
+    fig.savefig(images / "table1_ess.png", dpi=120, bbox_inches="tight")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="lenet_mnist")
+    p.add_argument("--modes", nargs="+", default=["dg", "gg", "gg+dg", "auto"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe (smoke runs only)")
+    p.add_argument("--switch-epoch", type=int, default=None, help="override the recipe (smoke runs only)")
+    p.add_argument("--train-subset", type=int, default=None, help="smoke runs only")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--runs", default=str(REPO / "runs"), help="where the run folders go")
+    p.add_argument("--name", default=None, help="results folder name (default: mnist_table1 or <recipe>_table1)")
+    args = p.parse_args(argv)
+    name = args.name or ("mnist_table1" if args.recipe == "lenet_mnist" else f"{args.recipe}_table1")
+    out = REPO / "docs" / "results" / name
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:  # seed-major order: an interrupted run still has every mode for the first seeds
+        for mode in args.modes:
+            path = out / f"{mode.replace('+', '')}-s{seed}.json"
+            if path.is_file():
+                continue
+            record = run_one(args.recipe, mode, seed, args, out)
+            path.write_text(json.dumps(record, indent=1) + "\n")
+            print(f"{mode} seed {seed}: test error {100 * record['test_error']:.2f}% ({record['train_seconds']:.0f} s)",
+                  flush=True)
+    records = [json.loads(f.read_text()) for f in sorted(out.glob("*-s*.json"))]
+    s = summarize(records, args.modes)
+    (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    plot(records, args.modes, REPO / "docs" / "images")
+    (REPO / "docs" / "results" / f"{name}.md").write_text(render(s, records, name))
+
+
+if __name__ == "__main__":
+    main()
