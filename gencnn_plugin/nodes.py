@@ -235,13 +235,15 @@ class _HookTrunk(nn.Module):
         return out
 
 
-class _Output(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+class _FXTrunk(nn.Module):
+    """An FX feature extractor that returns its single node's tensor instead of a dict."""
+
+    def __init__(self, graph: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.graph = graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.graph(x)["out"]
 
 
 def _fx_trunk(model: nn.Module, layer: str) -> nn.Module | None:
@@ -254,16 +256,7 @@ def _fx_trunk(model: nn.Module, layer: str) -> nn.Module | None:
         graph = create_feature_extractor(model, return_nodes={layer: "out"})
     except Exception:  # FX tracing fails on data-dependent control flow; hooks handle those models
         return None
-
-    class _Unwrap(nn.Module):
-        def __init__(self, g: nn.Module) -> None:
-            super().__init__()
-            self.graph = g
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.graph(x)["out"]
-
-    return _Unwrap(graph)
+    return _FXTrunk(graph)
 
 
 def node_score(model: nn.Module, info: ModelInfo, node: str | Node | list[str | Node], use_fx: bool = True
@@ -289,7 +282,7 @@ def node_score(model: nn.Module, info: ModelInfo, node: str | Node | list[str | 
     for n in nodes:
         _check_range(n, li)
     if layer == LOGITS:
-        return NodeScore(_Output(model), nodes, li.shape)
+        return NodeScore(model, nodes, li.shape)
     modules = dict(model.named_modules())
     base, call = layer, 0
     m = re.fullmatch(r"(.+)_(\d+)", layer)
