@@ -88,6 +88,8 @@ def render(s: dict, records: list[dict], name: str) -> str:
              f"{c['switch_epoch']} epochs to lr {c['switch_lr']}; auto below mean ESS {c['ess_threshold']}. Test "
              f"error on the 10,000 MNIST test images at the end of training. Device: {r0['device']}; "
              f"torch {r0['torch']}; {date.today().isoformat()}.", "",
+             f"{len(records)} runs recorded (the protocol: 5 seeds x 4 modes = 20); a mode with fewer seeds is "
+             "incomplete, and the paired comparison uses only the seeds both modes have.", "",
              f"Command: `{r0['command']}`", "",
              "| mode | seeds | mean % | std | per seed | paper % | wall s/run | switched at |",
              "|---|---:|---:|---:|---|---:|---:|---|"]
@@ -152,11 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--runs", default=str(REPO / "runs"), help="where the run folders go")
     p.add_argument("--name", default=None, help="results folder name (default: mnist_table1 or <recipe>_table1)")
+    p.add_argument("--report-only", action="store_true", help="summarise the runs recorded so far, train nothing")
     args = p.parse_args(argv)
     name = args.name or ("mnist_table1" if args.recipe == "lenet_mnist" else f"{args.recipe}_table1")
     out = REPO / "docs" / "results" / name
     out.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:  # seed-major order: an interrupted run still has every mode for the first seeds
+    for seed in [] if args.report_only else args.seeds:  # seed-major: an interrupted run has all modes of early seeds
         for mode in args.modes:
             path = out / f"{mode.replace('+', '')}-s{seed}.json"
             if path.is_file():
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{mode} seed {seed}: test error {100 * record['test_error']:.2f}% ({record['train_seconds']:.0f} s)",
                   flush=True)
     records = [json.loads(f.read_text()) for f in sorted(out.glob("*-s*.json"))]
+    if not records:
+        sys.exit(f"no runs recorded in {out}")
     s = summarize(records, args.modes)
     (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
     plot(records, args.modes, REPO / "docs" / "images")
