@@ -140,10 +140,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             loss.backward()
             optimizer.step()
         schedule.step()
-        with torch.no_grad():  # both losses are logged whichever one trains, so GG and DG epochs cost the same
+        with torch.no_grad():  # log both losses: the training one as computed, the other one on the side
             lf = logits.detach().float()
-            sums += torch.stack([generative_loss(lf, y).double(), F.cross_entropy(lf, y).double(),
-                                 (lf.argmax(1) != y).sum().double(), sums.new_tensor(y.shape[0])])
+            gg = loss.detach() if schedule.phase == "gg" else generative_loss(lf, y)
+            dg = loss.detach() if schedule.phase == "dg" else F.cross_entropy(lf, y)
+            sums += torch.stack([gg.double(), dg.double(), (lf.argmax(1) != y).sum().double(),
+                                 sums.new_tensor(y.shape[0])])
         steps += 1
         if progress is not None and (step + 1) % progress.interval == 0:
             progress.update(step + 1, len(loader), loss)
