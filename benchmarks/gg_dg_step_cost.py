@@ -38,6 +38,7 @@ from gencnn_plugin import create_model, generative_loss
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES: dict[str, LossFn] = {"GG": generative_loss, "DG": F.cross_entropy}
 TARGETS = {"cpu": 1.05, "cuda": 1.02}
+LOSS_FORM = "nll_loss(log_softmax(logits, dim=0), y) - log n"  # how generative_loss computes eq. (8), recorded
 DEFAULT_OUT = Path("docs/results/gg_dg_step_cost.json")
 
 
@@ -182,6 +183,7 @@ def render_markdown(records: list[dict]) -> str:
             f"per loss, torch {r['torch_version']}, {r['threads']} threads",
             f"  - device: {r['device_name']}",
             f"  - command: `{r['command']}`",
+            f"  - GG computed as `{r.get('loss_form', LOSS_FORM)}`",
         ]
     return "\n".join(lines) + "\n"
 
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
 
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     common = {"threads": torch.get_num_threads(), "torch_version": torch.__version__,
-              "date": datetime.date.today().isoformat(), "command": command}
+              "date": datetime.date.today().isoformat(), "command": command, "loss_form": LOSS_FORM}
     new = []
     for name in names:
         case = CASES[name]

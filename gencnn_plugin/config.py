@@ -63,7 +63,8 @@ class TrainConfig:
     lr_step_epochs: int = 30  # step policy: multiply by lr_gamma every this many epochs
     switch_epoch: int = 16  # gg+dg: GG epochs before DG
     switch_lr: float = 0.003  # base LR of the DG phase (gg+dg and auto)
-    ess_threshold: float = 0.1  # auto: switch when the epoch's mean normalised ESS falls below this
+    ess_threshold: float = 0.1  # auto: switch when the epoch's mean normalised ESS falls below this ...
+    ess_plateau: float | None = 0.01  # ... or falls by less than this fraction in an epoch (None: threshold only)
     # run
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)

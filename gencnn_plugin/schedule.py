@@ -3,7 +3,10 @@
 :class:`GenerativeSchedule` is the one object a training loop asks, per step, for its loss and learning rate; our
 trainer uses it and so can timm's train.py, a Lightning module or a 20-line loop (docs/training_hooks.md).
 Modes: ``dg``; ``gg``; ``gg+dg`` (GG for ``switch_epoch`` epochs, then DG from ``switch_lr``, as in the paper's
-section 4.1); ``auto`` (GG until the epoch's mean normalised ESS of eq. (7) falls below ``ess_threshold``).
+section 4.1); ``auto`` (GG until the ESS of eq. (7) has stopped dwindling: the epoch's mean normalised ESS falls below
+``ess_threshold`` or drops by less than the fraction ``ess_plateau`` from the previous epoch's; section 3.2 says to
+switch once the weights grow skewed. Under GG the ESS settles near the share of same-class images in a batch, about
+1/K, so a fixed threshold alone may never be crossed; the plateau test sees that it has settled.
 At the switch the LR policy restarts from iteration 0 with the new base LR, as a new Caffe solver would.
 """
 
@@ -59,7 +62,7 @@ class GenerativeSchedule:
 
     def __init__(self, mode: str = "gg+dg", base_lr: float = 0.01, epochs: int = 25, steps_per_epoch: int = 1,
                  switch_epoch: int | None = None, switch_lr: float | None = None, ess_threshold: float = 0.1,
-                 lr_policy: LRPolicy | None = None, track_ess: bool = True) -> None:
+                 ess_plateau: float | None = 0.01, lr_policy: LRPolicy | None = None, track_ess: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if mode == "gg+dg" and switch_epoch is None:
@@ -68,6 +71,8 @@ class GenerativeSchedule:
         self.switch_epoch = switch_epoch
         self.switch_lr = base_lr if switch_lr is None else switch_lr
         self.ess_threshold, self.lr_policy, self.track_ess = ess_threshold, lr_policy, track_ess
+        self.ess_plateau = ess_plateau
+        self.last_ess: float | None = None  # the previous epoch's mean ESS, for the plateau test
         self.phase = "dg" if mode == "dg" else "gg"
         self.switched_at: int | None = None  # epoch at which DG started, for gg+dg and auto
         self.epoch = 0
@@ -87,7 +92,10 @@ class GenerativeSchedule:
     def end_epoch(self) -> dict:
         """Close the epoch: its mean ESS, and in ``auto`` mode the decision to switch for the next epoch."""
         mean_ess = float(self._ess_sum / self._ess_count) if self._ess_count else float("nan")
-        switch_next = self.mode == "auto" and self.phase == "gg" and mean_ess < self.ess_threshold
+        settled = (self.ess_plateau is not None and self.last_ess is not None
+                   and mean_ess > self.last_ess * (1.0 - self.ess_plateau))
+        switch_next = self.mode == "auto" and self.phase == "gg" and (mean_ess < self.ess_threshold or settled)
+        self.last_ess = mean_ess
         if switch_next:
             self._switch(self.epoch + 1)
         return {"phase": "gg" if switch_next else self.phase, "mean_ess": mean_ess, "switch_next": switch_next}
@@ -131,8 +139,9 @@ class GenerativeSchedule:
     # -- resume ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"phase": self.phase, "switched_at": self.switched_at, "epoch": self.epoch,
-                "step_in_phase": self.step_in_phase}
+                "step_in_phase": self.step_in_phase, "last_ess": self.last_ess}
 
     def load_state_dict(self, state: dict) -> None:
         self.phase, self.switched_at = state["phase"], state["switched_at"]
         self.epoch, self.step_in_phase = state["epoch"], state["step_in_phase"]
+        self.last_ess = state.get("last_ess")

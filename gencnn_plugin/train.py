@@ -145,7 +145,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             gg = loss.detach() if schedule.phase == "gg" else generative_loss(lf, y)
             dg = loss.detach() if schedule.phase == "dg" else F.cross_entropy(lf, y)
             sums += torch.stack([gg.double(), dg.double(), (lf.argmax(1) != y).sum().double(),
-                                 sums.new_tensor(y.shape[0])])
+                                 sums.new_full((), y.shape[0])])  # new_tensor would copy from the host and sync
         steps += 1
         if progress is not None and (step + 1) % progress.interval == 0:
             progress.update(step + 1, len(loader), loss)
@@ -208,7 +208,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
                       step_iters=cfg.lr_step_epochs * steps_per_epoch)
     schedule = GenerativeSchedule(cfg.mode, base_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                   switch_epoch=cfg.switch_epoch, switch_lr=cfg.switch_lr,
-                                  ess_threshold=cfg.ess_threshold, lr_policy=policy)
+                                  ess_threshold=cfg.ess_threshold, ess_plateau=cfg.ess_plateau, lr_policy=policy)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and device.type == "cuda" else None
 
     start_epoch, history = 0, []

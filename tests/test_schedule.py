@@ -54,6 +54,15 @@ def test_auto_switches_when_ess_falls():
     assert sched.start_epoch(2) == "dg" and sched.switched_at == 2
 
 
+@pytest.mark.parametrize("plateau, switched_at", [(0.01, 2), (None, None)])
+def test_auto_switches_when_ess_settles(plateau, switched_at):
+    # Under GG the ESS settles near 1/K instead of falling below a threshold; a flat epoch-to-epoch ESS ends GG.
+    sched = GenerativeSchedule("auto", epochs=4, steps_per_epoch=1, ess_threshold=0.01, ess_plateau=plateau)
+    y = torch.tensor([0, 1, 0, 1])
+    assert run_epochs(sched, 2, torch.zeros(4, 2), y) == ["gg", "gg"]
+    assert sched.start_epoch(2) == ("dg" if switched_at else "gg") and sched.switched_at == switched_at
+
+
 def test_lr_policies():
     assert LRPolicy("fixed")(0.1, 50, 100) == 0.1
     assert LRPolicy("step", gamma=0.1, step_iters=10)(1.0, 25, 100) == pytest.approx(0.01)

@@ -14,6 +14,7 @@ from gencnn_plugin.specs import UnknownModelError, parse_spec
 # LayerNorm convnets, transformers), a few on 1-channel input.
 ZOO = [
     ("lenet", 1, 28),
+    ("timm:lenet_caffe_bn", 1, 28),
     ("timm:test_zfnet", 3, 64),
     ("timm:resnet18", 1, 28),
     ("timm:mobilenetv3_small_050", 3, 32),
@@ -58,7 +59,7 @@ def test_one_generative_step(spec, in_chans, img_size):
 
 
 def test_paper_models_are_in_timms_registry():
-    for name in ("lenet_caffe", "zfnet", "test_zfnet"):
+    for name in ("lenet_caffe", "lenet_caffe_bn", "zfnet", "test_zfnet"):
         assert timm.is_model(name)
     m = timm.create_model("lenet_caffe")
     assert m.pretrained_cfg["input_size"] == (1, 28, 28)
@@ -67,6 +68,10 @@ def test_paper_models_are_in_timms_registry():
     assert [c.out_channels for c in convs] == [20, 50] and all(c.kernel_size == (5, 5) for c in convs)
     assert [fc.out_features for fc in linears] == [500, 10] and linears[0].in_features == 800
     assert sum(isinstance(mod, nn.ReLU) for mod in m.modules()) == 1  # Caffe LeNet: one ReLU, after fc1
+    assert not any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in m.modules())
+    bn = timm.create_model("lenet_caffe_bn")
+    assert [type(mod).__name__ for mod in bn.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)] == [
+        "BatchNorm2d", "BatchNorm2d", "BatchNorm1d"]
 
 
 def test_lenet_uses_caffe_input_scaling():
