@@ -1,4 +1,4 @@
-"""``gencnn``: argparse subcommands over the Python API (train, eval, models, nodes, sample). No logic here.
+"""``gencnn``: argparse subcommands over the Python API (train, eval, models, nodes, sample, export). No logic here.
 
 Errors a user can fix print one line and exit with status 2; ``--debug`` shows the traceback instead.
 """
@@ -256,12 +256,63 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    from .export import DEFAULT_EXPORTER, EXPORTERS
+
+    p = sub.add_parser(
+        "export", help="export a classifier or a node's score to ONNX, checked in ONNX Runtime",
+        formatter_class=_Formatter,
+        description="Write an ONNX model (dynamic batch axis, input 'input', output 'logits' or 'score', the model's "
+                    "metadata in metadata_props), run onnx.checker and compare ONNX Runtime with PyTorch on random "
+                    "and real inputs at batch 1 and > 1. Fails, with the numbers, when they differ by more than "
+                    "--atol.",
+        epilog="examples:\n  gencnn export runs/lenet/checkpoint.safetensors --out lenet.onnx\n"
+               "  gencnn export runs/lenet --node conv2:7 --out conv2_7.onnx\n"
+               "  gencnn export tv:squeezenet1_1 --weights squeezenet1_1.safetensors --out squeezenet.onnx")
+    _add_source(p)
+    p.add_argument("--out", required=True, help="the .onnx file to write (replaced atomically)")
+    p.add_argument("--node", help="export this node's score function (same syntax as gencnn sample)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
+                   help="TorchScript-based (legacy) or torch.export-based (dynamo, needs onnxscript)")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and input (for CUDA deployment)")
+    p.add_argument("--external-data", action="store_true",
+                   help="keep the weights in OUT.data beside OUT (automatic above protobuf's 2 GiB limit)")
+    p.add_argument("--device", default="cpu", help="where PyTorch runs during export and the parity check")
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (cpu, cuda or full names); "
+                                       "default: CUDA when available, else CPU")
+    p.add_argument("--atol", type=float, help="largest allowed |onnx - torch| (default 1e-4; 1e-2 with --fp16)")
+    p.add_argument("--batch", type=int, default=4, help="the batch size > 1 of the parity check")
+    p.add_argument("--data-dir", help="real inputs: MNIST or DATA_DIR/images (default $GENCNN_DATA)")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime parity check")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from .export import export_onnx, real_inputs, verify_onnx
+
+    model, info = _open(args, args.device)
+    result = export_onnx(model, args.out, info=info, node=args.node, opset=args.opset, exporter=args.exporter,
+                         fp16=args.fp16, device=args.device, external_data=args.external_data or None)
+    data = f" + {result.data_path}" if result.data_path else ""
+    print(f"wrote {result.path}{data}: {info.spec}{' node ' + args.node if args.node else ''} -> "
+          f"'{result.output}', opset {result.opset}, {result.exporter} exporter, {result.seconds:.2f} s")
+    for w in result.warnings:
+        print(f"  tracer warning: {w}")
+    if args.no_verify:
+        return 0
+    report = verify_onnx(result.path, model, info, node=args.node, inputs=real_inputs(info, args.data_dir),
+                         batches=(1, args.batch), atol=args.atol, providers=args.providers)
+    print("\n".join(report.lines()))
+    return 0 if report.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="gencnn", formatter_class=_Formatter,
-        description="Generative modeling of CNNs: GG/DG training, evaluation, HMC sampling of nodes.")
+        description="Generative modeling of CNNs: GG/DG training, evaluation, HMC sampling of nodes, ONNX export.")
     parser.add_argument("--version", action="version", version=f"gencnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -270,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_nodes(sub)
     _add_sample(sub)
+    _add_export(sub)
     return parser
 
 
@@ -281,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataNotFoundError
+    from .export import ExportError
     from .nodes import NodeError
     from .specs import UnknownModelError
     from .train import NonFiniteLossError
@@ -288,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, DataNotFoundError, UnknownModelError, NodeError, NonFiniteLossError,
-            ValueError, FileNotFoundError, IsADirectoryError) as e:
+            ExportError, ValueError, FileNotFoundError, IsADirectoryError) as e:
         print(f"gencnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, on the CPU: LeNet on MNIST trained with GG pre-training + DG fine-tuning (the paper's schedule,
 # shortened to 1 + 1 epochs), a DG run beside it with the same steps, both test errors, and HMC samples of the
-# GG+DG LeNet's ten digit nodes (8 chains each) in one grid.
+# GG+DG LeNet's ten digit nodes (8 chains each) in one grid; last, that LeNet exported to ONNX and checked against
+# ONNX Runtime (parity and latency).
 # Full-length runs: gencnn train lenet_mnist --mode gg+dg (25 epochs) and benchmarks/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +24,7 @@ nodes=()
 for k in 0 1 2 3 4 5 6 7 8 9; do nodes+=(--node "logits:$k"); done
 gencnn sample "$OUT/gg+dg" "${nodes[@]}" --preset lenet_sigma3 --chains 8 --iters "${HMC_ITERS:-100}" --device cpu \
   --out "$OUT/digits.png" --npz "$OUT/digits.npz"
+
+echo
+echo "ONNX export of the GG+DG LeNet, checked against ONNX Runtime:"
+gencnn export "$OUT/gg+dg" --out "$OUT/lenet.onnx"
