@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -193,3 +194,21 @@ def test_onnx_runtime_matches_on_a_batch_it_never_saw(exported):
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+
+
+def test_cli_export_of_a_spec_with_local_weights(shared_dir, tmp_path, capsys):
+    import onnxruntime as ort
+
+    out = tmp_path / "squeezenet.onnx"
+    weights = shared_dir / "weights" / "squeezenet1_1_imagenet.safetensors"
+    argv = ["export", "tv:squeezenet1_1", "--weights", str(weights), "--out", str(out), "--exporter", "legacy",
+            "--data-dir", str(shared_dir / "data"), "--batch", "2"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "real         batch   4" in text and "random       batch   2" in text and "parity passed" in text
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    names = json.loads(meta["class_names"])
+    _, info = create_model("tv:squeezenet1_1")
+    photo = real_inputs(info, shared_dir / "data", n=5)  # astronaut, chelsea, coffee, grace_hopper, rocket
+    logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": photo.numpy()})[0]
+    assert len(names) == 1000 and "cat" in names[int(logits[1].argmax())]
