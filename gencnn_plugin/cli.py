@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "sample_command"]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -230,6 +230,20 @@ def _add_sample(sub) -> None:
                    help="grid images: each rescaled to its own range, or de-normalised pixels clipped to [0, 1]")
     p.add_argument("--min-size", type=int, default=56, help="upscale small images to at least this many pixels")
     p.set_defaults(func=_cmd_sample)
+
+
+def sample_command(source: str, node: str, config, device: str = "auto", weights: str | None = None,
+                   out: str = "samples.png", npz: str | None = "samples.npz") -> str:
+    """The ``gencnn sample`` command line that repeats a run with these settings (the GUI copies it)."""
+    import shlex
+
+    argv = ["gencnn", "sample", str(source)] + (["--weights", str(weights)] if weights else [])
+    argv += ["--node", node, "--chains", str(config.chains), "--iters", str(config.iters), "--leapfrog-steps",
+             str(config.leapfrog_steps), "--step-size", f"{config.step_size:g}", "--mass", f"{config.mass:g}",
+             "--sigma", f"{config.sigma:g}", "--seed", str(config.seed), "--adapt-steps", str(config.adapt_steps),
+             "--precision", config.precision, "--device", device, "--out", out]
+    argv += (["--mala"] if config.mala else []) + (["--npz", npz] if npz else [])
+    return shlex.join(argv)
 
 
 def _cmd_sample(args) -> int:

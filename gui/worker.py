@@ -1,0 +1,92 @@
+"""The sampling worker: runs ``sample_node`` on a QThread and reports to the window only through signals."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PySide6.QtCore import QObject, Signal, Slot
+
+from gencnn_plugin.hmc import HMCConfig, HMCStep
+from gencnn_plugin.specs import ModelInfo
+from gencnn_plugin.train import resolve_device
+from gencnn_plugin.visualize import display_pixels, sample_node
+
+__all__ = ["SampleJob", "SamplerWorker", "grid_image"]
+
+
+@dataclass
+class SampleJob:
+    """One run: which model and node, with which settings, where."""
+
+    model: torch.nn.Module
+    info: ModelInfo
+    node: str
+    config: HMCConfig
+    device: str = "cpu"
+    min_fps_interval: float = 1 / 30  # previews at most this often when iterations are faster
+
+
+def grid_image(x: torch.Tensor, info: ModelInfo, nrow: int, min_size: int = 56) -> np.ndarray:
+    """Samples -> one RGB uint8 grid (H, W, 3), as ``gencnn sample`` draws it (each image scaled to its range)."""
+    import torchvision.utils as vutils
+
+    pix = display_pixels(x.detach().float().cpu(), info, "range")
+    if pix.shape[-1] < min_size:
+        pix = torch.nn.functional.interpolate(pix, scale_factor=-(-min_size // pix.shape[-1]), mode="nearest")
+    grid = vutils.make_grid(pix, nrow=nrow, padding=2, pad_value=1.0)
+    return (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
+
+
+class SamplerWorker(QObject):
+    """Lives on a worker thread. ``run(job)`` samples; ``request_stop()`` (any thread) ends it within one leapfrog
+    step. Signals carry plain data (numpy arrays, dicts), never widgets."""
+
+    started = Signal(int)  # total iterations
+    progress = Signal(int, int, object, dict)  # iteration done, total, preview grid (H, W, 3) uint8, stats
+    finished = Signal(object)  # SampleRun
+    failed = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @Slot(object)
+    def run(self, job: SampleJob) -> None:
+        self._stop.clear()
+        cfg = job.config
+        total = cfg.iters
+        last = [0.0]
+        self.started.emit(total)
+
+        def on_step(step: HMCStep) -> bool:
+            now = time.perf_counter()
+            done = step.iteration + 1
+            if now - last[0] >= job.min_fps_interval or done == total:  # a steady frame rate for fast iterations
+                last[0] = now
+                stats = {"accept": float(step.accepted.float().mean()), "energy_error":
+                         float(step.energy_error.abs().mean()), "score": float(step.score.mean()),
+                         "step_size": float(step.step_size.mean())}
+                nrow = math.ceil(math.sqrt(step.x.shape[0]))  # a square preview, whatever the chain count
+                self.progress.emit(done, total, grid_image(step.x, job.info, nrow), stats)
+            return self._stop.is_set()
+
+        try:
+            device = resolve_device(job.device)  # a missing GPU is an error with a clear message, not a crash
+            run = sample_node(job.model, job.info, job.node, cfg, device, callback=on_step,
+                              stop=self._stop.is_set)
+        except torch.cuda.OutOfMemoryError:
+            self.failed.emit(f"CUDA out of memory with {cfg.chains} chains on {job.device}: use fewer chains or "
+                             "the CPU")
+            return
+        except Exception as e:  # shown in the window; the app keeps running
+            self.failed.emit(f"{type(e).__name__}: {e}")
+            return
+        self.finished.emit(run)
