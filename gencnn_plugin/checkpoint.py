@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 from torch import nn
 
-from .specs import ModelInfo, create_model
+from .specs import ModelInfo, WeightsError, create_model, load_state_dict_checked
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_metadata", "save_train_state", "load_train_state",
            "atomic_path", "resolve_checkpoint", "CheckpointError", "FORMAT_VERSION"]
@@ -70,6 +70,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"{path} is a folder without {CHECKPOINT_NAME}")
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        raise CheckpointError(f"{path} is not a gencnn checkpoint (those are .safetensors files with metadata); to "
+                              f"use a state dict, name its model: SPEC --weights {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty")
     return path
 
 
@@ -82,8 +87,8 @@ def read_metadata(path: str | Path) -> dict:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
     if raw is None:
-        raise CheckpointError(f"{path} has no gencnn metadata: build the model from a spec (--model SPEC) and load "
-                              "this file as its weights")
+        raise CheckpointError(f"{path} has no gencnn metadata: name its model and pass the file as weights "
+                              f"(SPEC --weights {path.name}, e.g. tv:squeezenet1_1 --weights {path.name})")
     return json.loads(raw)
 
 
@@ -96,9 +101,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
                             img_size=info.input_size[-1], mean=info.mean, std=info.std,
                             class_names=info.class_names, **info.kwargs)
     try:
-        load_model(model, str(path), strict=True, device=str(device))
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {info.spec}: {e}") from None
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # e.g. a header intact, the data cut short
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    try:
+        load_state_dict_checked(model, state, str(path))
+    except WeightsError as e:
+        raise CheckpointError(str(e)) from None
     return model.to(device).eval(), info, meta
 
 
@@ -110,8 +119,16 @@ def save_train_state(path: str | Path, state: dict) -> Path:
 
 
 def load_train_state(path: str | Path) -> dict:
-    """Read the resume state without unpickling arbitrary objects."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read the resume state without unpickling arbitrary objects (no opt-out: we write these files ourselves)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to unpickle it: it holds objects other than tensors and plain "
+                              f"containers ({str(e).strip().splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable resume state ({str(e).strip().splitlines()[0]})") from None
 
 
 def open_model(source: str | Path, weights_file: str | Path | None = None, device: str | torch.device = "cpu",

@@ -47,6 +47,8 @@ def _add_train(sub) -> None:
     o.add_argument("--in-chans", type=int)
     o.add_argument("--img-size", type=int)
     o.add_argument("--weights-file", help="local weights to start from")
+    o.add_argument("--trust-pickle", action="store_true", default=None,
+                   help="unpickle --weights-file fully: only for files you trust (it can run code)")
     o.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     o.add_argument("--amp", choices=["none", "bf16", "fp16"])
     o.add_argument("--seed", type=int)
@@ -63,7 +65,7 @@ def _cmd_train(args) -> int:
 
     keys = ["model", "mode", "epochs", "batch_size", "lr", "lr_policy", "momentum", "weight_decay", "switch_epoch",
             "switch_lr", "ess_threshold", "dataset", "data_dir", "train_subset", "num_classes", "in_chans",
-            "img_size", "weights_file", "device", "amp", "seed", "out", "resume"]
+            "img_size", "weights_file", "trust_pickle", "device", "amp", "seed", "out", "resume"]
     overrides = {k: getattr(args, k) for k in keys}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -84,7 +86,10 @@ def _cmd_train(args) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test error of a checkpoint", formatter_class=_Formatter,
                        description="Evaluate a checkpoint (or run folder) on the test split of its dataset.")
-    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")
+    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder, or a model spec with --weights")
+    p.add_argument("--weights", help="local weights for a model spec (safetensors or a weights-only state dict)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle a .pt/.pth weights file fully: only for files you trust (it can run code)")
     p.add_argument("--dataset", help="override the dataset recorded in the checkpoint")
     p.add_argument("--data-dir", help="dataset folder (default: $GENCNN_DATA)")
     p.add_argument("--device", default="auto")
@@ -94,13 +99,19 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .checkpoint import load_checkpoint, open_model, resolve_checkpoint
     from .data import DeviceLoader, folder_loader, load_dataset, normalizer
     from .train import evaluate, resolve_device
 
     device = resolve_device(args.device)
-    path = resolve_checkpoint(args.checkpoint)
-    model, info, meta = load_checkpoint(path, device)
+    if args.weights is None:
+        path = resolve_checkpoint(args.checkpoint)
+        model, info, meta = load_checkpoint(path, device)
+    else:  # a spec and its weights: no metadata, so the dataset is --dataset (default mnist)
+        path = args.checkpoint
+        model, info = open_model(args.checkpoint, weights_file=args.weights, device=device,
+                                 **({"trust_pickle": True} if args.trust_pickle else {}))
+        meta = {}
     dataset = args.dataset or meta.get("dataset", "mnist")
     seed = (meta.get("config") or {}).get("seed", 0)
     if dataset == "imagefolder":
@@ -138,6 +149,8 @@ def _cmd_models(args) -> int:
 def _add_source(p) -> None:
     p.add_argument("source", help="checkpoint (.safetensors or run folder) or model spec (lenet, timm:NAME, tv:NAME)")
     p.add_argument("--weights", help="local weights for a model spec (safetensors or a weights-only state dict)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle a .pt/.pth weights file fully: only for files you trust (it can run code)")
     p.add_argument("--num-classes", type=int, help="for a model spec")
     p.add_argument("--mean", type=float, nargs="+", help="input mean for a model spec (default: the model's)")
     p.add_argument("--std", type=float, nargs="+", help="input std for a model spec")
@@ -161,6 +174,8 @@ def _open(args, device="cpu"):
         kwargs["mean"] = tuple(args.mean)
     if args.std:
         kwargs["std"] = tuple(args.std)
+    if args.trust_pickle:
+        kwargs["trust_pickle"] = True
     return open_model(args.source, weights_file=args.weights, device=device, **kwargs)
 
 
@@ -350,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     from .export import ExportError
     from .nodes import NodeError
     from .specs import UnknownModelError
-    from .train import NonFiniteLossError
+    from .train import NonFiniteLossError, TrainingInterrupted
 
     try:
         return args.func(args)
@@ -358,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
             ExportError, ValueError, FileNotFoundError, IsADirectoryError) as e:
         print(f"gencnn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"gencnn {args.command}: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"gencnn {args.command}: interrupted", file=sys.stderr)
         return 130

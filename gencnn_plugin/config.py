@@ -43,6 +43,7 @@ class TrainConfig:
     std: list[float] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. drop_rate, pad_type
     weights_file: str | None = None  # local weights to start from (safetensors or a weights_only state dict)
+    trust_pickle: bool = False  # unpickle weights_file fully (only for files you trust: a pickle can run code)
     # data
     dataset: str = "mnist"  # mnist | imagefolder | synthetic
     data_dir: str | None = None  # None: $GENCNN_DATA

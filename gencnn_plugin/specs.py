@@ -20,7 +20,8 @@ from torch import nn
 
 from . import models as _paper_models  # noqa: F401  (registers lenet_caffe, zfnet into timm)
 
-__all__ = ["ModelInfo", "create_model", "parse_spec", "list_specs", "adapt_input_channels", "UnknownModelError"]
+__all__ = ["ModelInfo", "create_model", "parse_spec", "list_specs", "adapt_input_channels", "load_state_dict_checked",
+           "UnknownModelError", "WeightsError"]
 
 # Short names for the paper's networks (Table 1 and 2).
 ALIASES = {"lenet": "timm:lenet_caffe", "zfnet": "timm:zfnet", "alexnet": "tv:alexnet"}
@@ -28,6 +29,10 @@ ALIASES = {"lenet": "timm:lenet_caffe", "zfnet": "timm:zfnet", "alexnet": "tv:al
 
 class UnknownModelError(ValueError):
     """A spec that names no model of our registry, timm or torchvision."""
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be read, is refused (a pickle with code in it), or does not fit the model."""
 
 
 @dataclass
@@ -105,16 +110,67 @@ def adapt_input_channels(model: nn.Module, in_chans: int) -> nn.Module:
     raise ValueError(f"found no 3-channel Conv2d to adapt to in_chans={in_chans} in {type(model).__name__}")
 
 
-def _load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local weights file: safetensors, or a state dict through ``torch.load(weights_only=True)``."""
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _load_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
+    """Load a local weights file: safetensors, or a state dict through ``torch.load(weights_only=True)``.
+
+    A pickle that holds anything but tensors and plain containers is refused, never executed; ``trust_pickle``
+    (``--trust-pickle``) is the explicit opt-in to unpickle a file its user trusts.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder, not a weights file")
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path} is empty")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise WeightsError(f"{path} is not a readable safetensors file ({_first_line(e)})") from None
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        import pickle
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        except pickle.UnpicklingError as e:
+            found = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+            raise WeightsError(
+                f"{path}: refused to unpickle it: it holds objects other than tensors and plain containers, which "
+                f"could run code ({found[0] if found else _first_line(e)[:100]}); if you trust this file, pass "
+                "--trust-pickle (Python: trust_pickle=True), or convert it to safetensors") from None
+        except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
+            raise WeightsError(f"{path} is not a readable PyTorch weights file ({_first_line(e)})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    load_state_dict_checked(model, state, str(path))
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)``, with one line naming the missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+        parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
+                 f"{len(shapes)} of another shape ({few(shapes)})" if shapes else ""]
+        name = getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
+        raise WeightsError(f"{source}: the weights do not fit {name}: {'; '.join(p for p in parts if p)}")
     model.load_state_dict(state)
 
 
@@ -132,6 +188,7 @@ def create_model(
     img_size: int | None = None,
     pretrained: bool = False,
     weights_file: str | Path | None = None,
+    trust_pickle: bool = False,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     default_mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
@@ -183,7 +240,7 @@ def create_model(
             w = torchvision.models.get_model_weights(name)
             class_names = list(next(iter(w)).meta.get("categories", [])) if len(w) else None
     if weights_file is not None:
-        _load_weights(model, weights_file)
+        _load_weights(model, weights_file, trust_pickle)
 
     n_out = num_classes if num_classes is not None else getattr(model, "num_classes", 1000)
     if mean is None or std is None:

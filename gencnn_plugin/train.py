@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,14 +24,26 @@ import yaml
 from torch import nn
 
 from . import __version__
-from .checkpoint import CHECKPOINT_NAME, TRAIN_STATE_NAME, load_train_state, save_checkpoint, save_train_state
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    TRAIN_STATE_NAME,
+    CheckpointError,
+    load_train_state,
+    save_checkpoint,
+    save_train_state,
+)
 from .config import TrainConfig
 from .data import MNIST_MEAN_STD, DeviceLoader, folder_loader, load_dataset, normalizer
 from .losses import generative_loss
 from .schedule import GenerativeSchedule, LRPolicy
 from .specs import ModelInfo, create_model
 
-__all__ = ["train", "train_one_epoch", "evaluate", "resolve_device", "build_data", "NonFiniteLossError"]
+__all__ = ["train", "train_one_epoch", "evaluate", "resolve_device", "build_data", "NonFiniteLossError",
+           "TrainingInterrupted"]
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM: training stopped; the last finished epoch's checkpoint is kept."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,9 +97,9 @@ def build_data(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Model
                 raise ValueError(f"{split} labels span [{lo}, {hi}] but the model has num_classes={num_classes}")
     model, info = create_model(
         cfg.model, num_classes=num_classes, in_chans=in_chans, img_size=img_size, weights_file=cfg.weights_file,
-        mean=tuple(cfg.mean) if cfg.mean else None, std=tuple(cfg.std) if cfg.std else None,
-        default_mean_std=default_norm, class_names=class_names if len(class_names) == num_classes else None,
-        **cfg.model_kwargs)
+        trust_pickle=cfg.trust_pickle, mean=tuple(cfg.mean) if cfg.mean else None,
+        std=tuple(cfg.std) if cfg.std else None, default_mean_std=default_norm,
+        class_names=class_names if len(class_names) == num_classes else None, **cfg.model_kwargs)
     model.to(device)
     if cfg.dataset == "imagefolder":
         common = dict(img_size=img_size, mean=info.mean, std=info.std, workers=cfg.workers, seed=cfg.seed)
@@ -124,6 +138,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     """One pass over ``loader`` with the schedule's loss and LR. Returns the epoch's training metrics."""
     model.train()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # gg loss, dg loss, errors, examples
+    losses = torch.zeros(len(loader), device=device)  # per step, on the device: finds a non-finite step afterwards
     steps = 0
     for step, (x, y) in enumerate(loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -140,6 +155,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             loss.backward()
             optimizer.step()
         schedule.step()
+        losses[step] = loss.detach()
         with torch.no_grad():  # log both losses: the training one as computed, the other one on the side
             lf = logits.detach().float()
             gg = loss.detach() if schedule.phase == "gg" else generative_loss(lf, y)
@@ -150,8 +166,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if progress is not None and (step + 1) % progress.interval == 0:
             progress.update(step + 1, len(loader), loss)
     gg, dg, errors, n = sums.tolist()
+    bad = (~torch.isfinite(losses[:steps])).nonzero()
     return {"gg_loss": gg / max(steps, 1), "dg_loss": dg / max(steps, 1), "train_error": errors / max(n, 1),
-            "steps": steps}
+            "steps": steps, "first_nonfinite_step": int(bad[0]) + 1 if len(bad) else None}
 
 
 class _Progress:
@@ -230,46 +247,16 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         f"mode {cfg.mode}, {cfg.epochs} epochs x {steps_per_epoch} steps, device {device}, run {run_dir}")
 
     show_progress = sys.stderr.isatty()
-    for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a resumed epoch draws the same numbers
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        phase = schedule.start_epoch(epoch)
-        progress = _Progress(epoch, cfg.epochs, phase, cfg.log_interval) if show_progress else None
-        t0 = time.perf_counter()
-        stats = train_one_epoch(model, train_loader, optimizer, schedule, device, cfg.amp, scaler, progress)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        if progress is not None:
-            progress.close()
-        end = schedule.end_epoch()
-        lr = schedule.lr()
-        t1 = time.perf_counter()
-        test = evaluate(model, test_loader, device, cfg.amp)
-        record = {
-            "epoch": epoch + 1, "phase": end["phase"], "gg_loss": stats["gg_loss"], "dg_loss": stats["dg_loss"],
-            "train_error": stats["train_error"], "test_error": test["error"],
-            "test_loss": test["loss"], "mean_ess": end["mean_ess"], "lr": lr, "seconds": seconds,
-            "eval_seconds": time.perf_counter() - t1,
-        }
-        if not (math.isfinite(record["gg_loss"]) and math.isfinite(record["dg_loss"])):
-            raise NonFiniteLossError(f"non-finite loss in epoch {epoch + 1} ({end['phase']}); the last good checkpoint "
-                                     f"is {run_dir / CHECKPOINT_NAME} (epoch {epoch})")
-        history.append(record)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                 "history": history}
-        save_train_state(run_dir / TRAIN_STATE_NAME, state)
-        save_checkpoint(run_dir / CHECKPOINT_NAME, model, info, mode=cfg.mode, epoch=epoch + 1,
-                        phase=end["phase"], dataset=cfg.dataset, test_error=test["error"], config=resolved,
-                        gencnn=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        switched = " -> DG next" if end["switch_next"] else ""
-        log(f"epoch {epoch + 1:3d}/{cfg.epochs} [{end['phase']}] gg_loss {record['gg_loss']:.4f} "
-            f"dg_loss {record['dg_loss']:.4f} test_error {100 * test['error']:.2f}% ess {end['mean_ess']:.3f} "
-            f"lr {lr:.2e} {seconds:.1f}s{switched}")
+    with _signals_interrupt():
+        for epoch in range(start_epoch, cfg.epochs):
+            try:
+                _run_epoch(epoch, cfg, model, info, optimizer, schedule, scaler, train_loader, test_loader, device,
+                           run_dir, resolved, history, show_progress, log)
+            except KeyboardInterrupt:
+                kept = (f"the checkpoint of epoch {epoch} is kept in {run_dir}" if epoch > 0 else
+                        "no epoch had finished, so nothing was saved")
+                raise TrainingInterrupted(f"interrupted in epoch {epoch + 1}; {kept}; continue with: gencnn train "
+                                          f"--resume {run_dir}") from None
 
     summary = {
         "name": cfg.name, "model": info.spec, "dataset": cfg.dataset, "mode": cfg.mode, "seed": cfg.seed,
@@ -284,6 +271,72 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"done: test error {100 * summary['test_error']:.2f}% after {cfg.epochs} epochs ({cfg.mode}); {run_dir}")
     return summary
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM (a scheduler ending the job) interrupts training as Ctrl-C does; the last epoch's files stay."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_epoch(epoch, cfg, model, info, optimizer, schedule, scaler, train_loader, test_loader, device, run_dir,
+               resolved, history, show_progress, log) -> None:
+    """One epoch: train, evaluate, then write the resume state and the checkpoint (each atomically)."""
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a resumed epoch draws the same numbers
+    if hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(epoch)
+    phase = schedule.start_epoch(epoch)
+    progress = _Progress(epoch, cfg.epochs, phase, cfg.log_interval) if show_progress else None
+    t0 = time.perf_counter()
+    stats = train_one_epoch(model, train_loader, optimizer, schedule, device, cfg.amp, scaler, progress)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress.close()
+    end = schedule.end_epoch()
+    lr = schedule.lr()
+    kept = f"the last good checkpoint is {run_dir / CHECKPOINT_NAME} (epoch {epoch})" if epoch else "nothing was saved"
+    if stats["first_nonfinite_step"] or not (math.isfinite(stats["gg_loss"]) and math.isfinite(stats["dg_loss"])):
+        at = f" at step {stats['first_nonfinite_step']} of {stats['steps']}" if stats["first_nonfinite_step"] else ""
+        raise NonFiniteLossError(f"non-finite loss in epoch {epoch + 1}{at} ({phase}); {kept}; try a lower lr")
+    t1 = time.perf_counter()
+    test = evaluate(model, test_loader, device, cfg.amp)
+    record = {
+        "epoch": epoch + 1, "phase": end["phase"], "gg_loss": stats["gg_loss"], "dg_loss": stats["dg_loss"],
+        "train_error": stats["train_error"], "test_error": test["error"],
+        "test_loss": test["loss"], "mean_ess": end["mean_ess"], "lr": lr, "seconds": seconds,
+        "eval_seconds": time.perf_counter() - t1,
+    }
+    history.append(record)
+    state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+             "history": history}
+    try:
+        save_train_state(run_dir / TRAIN_STATE_NAME, state)
+        save_checkpoint(run_dir / CHECKPOINT_NAME, model, info, mode=cfg.mode, epoch=epoch + 1,
+                        phase=end["phase"], dataset=cfg.dataset, test_error=test["error"], config=resolved,
+                        gencnn=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    except OSError as e:  # disk full, quota, permissions: the atomic writes leave the previous files intact
+        raise CheckpointError(f"could not save epoch {epoch + 1} to {run_dir} ({e.strerror or e}); "
+                              f"{kept.replace('the last good', 'the previous')}") from None
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    switched = " -> DG next" if end["switch_next"] else ""
+    log(f"epoch {epoch + 1:3d}/{cfg.epochs} [{end['phase']}] gg_loss {record['gg_loss']:.4f} "
+        f"dg_loss {record['dg_loss']:.4f} test_error {100 * test['error']:.2f}% ess {end['mean_ess']:.3f} "
+        f"lr {lr:.2e} {seconds:.1f}s{switched}")
 
 
 def _mean(xs: list[float]) -> float | None:

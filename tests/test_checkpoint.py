@@ -46,7 +46,7 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "empty.safetensors").write_bytes(b"")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    for name, match in [("empty", "not a readable"), ("junk", "not a readable"), ("plain", "no gencnn metadata")]:
+    for name, match in [("empty", "is empty"), ("junk", "not a readable"), ("plain", "no gencnn metadata")]:
         with pytest.raises(CheckpointError, match=match):
             load_checkpoint(tmp_path / f"{name}.safetensors")
     with pytest.raises(CheckpointError, match="no such file"):
