@@ -272,7 +272,7 @@ def _cmd_sample(args) -> int:
     model, info = _open(args, device)
     run = sample_node(model, info, args.node, config, device)
     s = run.result.summary
-    save_grid(run.result.x, info, args.out, nrow=args.nrow or config.chains, min_size=args.min_size,
+    save_grid(run.result.x, info, args.out, nrow=args.nrow or run.config.chains, min_size=args.min_size,
               display=args.display)
     if args.npz:
         save_npz(run, args.npz)
@@ -282,6 +282,8 @@ def _cmd_sample(args) -> int:
           f"final f_y {s['final_score_mean']:.3f}, ESS(f_y) {s['ess_score']:.1f}, R-hat {s['rhat_score']:.3f}")
     print(f"{s['seconds']:.2f} s, {s['grad_evals_per_second']:.0f} gradient evaluations/s; wrote {args.out}"
           f"{' and ' + args.npz if args.npz else ''}")
+    for note in run.warnings:
+        print(f"gencnn sample: warning: {note}", file=sys.stderr)
     return 0
 
 
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, DataNotFoundError, UnknownModelError, NodeError, NonFiniteLossError,
-            ExportError, ValueError, FileNotFoundError, IsADirectoryError) as e:
+            ExportError, MemoryError, ValueError, FileNotFoundError, IsADirectoryError) as e:
         print(f"gencnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:

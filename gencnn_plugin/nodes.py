@@ -86,6 +86,8 @@ def parse_node(text: str, class_names: list[str] | None = None) -> Node:
         return Node(LOGITS, idx, (), "index")
     layer, _, rest = text.rpartition(":")
     layer = layer.strip()
+    if not layer:
+        raise NodeError(f"{text!r}: no layer name before ':' (LAYER:INDEX, e.g. logits:3 or conv2:7)")
     parts = [p.strip() for p in rest.split(",")]
     if layer == LOGITS and len(parts) == 1 and not re.fullmatch(r"-?\d+", parts[0]):
         idx = _class_index(parts[0], class_names or [])

@@ -6,7 +6,7 @@ The glue between :mod:`nodes` (which score), :mod:`hmc` (how to sample) and file
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,9 @@ class SampleRun:
 
     result: HMCResult
     nodes: list[str]
-    config: HMCConfig
+    config: HMCConfig  # as run: chains may be fewer than asked when the device ran out of memory
     info: ModelInfo
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_preset(name_or_path: str | None = None, **overrides) -> HMCConfig:
@@ -53,15 +54,34 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
     device = torch.device(device)
     nodes = node if isinstance(node, list) else [node]
     score = score or node_score(model.to(device), info, nodes)
-    total = config.chains * len(nodes)
-    x0 = initial_states(info, total, config.sigma, config.seed, device)
-    g = torch.Generator(device=device).manual_seed(config.seed)
-    result = hmc_sample(score, x0, iters=config.iters, leapfrog_steps=1 if config.mala else config.leapfrog_steps,
-                        step_size=config.step_size, mass=config.mass, sigma=config.sigma, generator=g,
-                        callback=callback, adapt_steps=config.adapt_steps, target_accept=config.target_accept,
-                        precision=config.precision, stop=stop)
+    notes: list[str] = []
+    while True:
+        try:
+            result = _run_chains(score, info, config, device, callback, stop)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if config.chains == 1:
+                raise MemoryError(f"{device} ran out of memory with a single chain per node; use the CPU") from None
+            fewer = config.chains // 2
+            notes.append(f"{device} ran out of memory with {config.chains} chains per node; ran {fewer}")
+            config = replace(config, chains=fewer)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     result.summary = summarize(result, config.adapt_steps, groups=len(score.nodes))  # R-hat within each node
-    return SampleRun(result, [str(n) for n in score.nodes], config, info)
+    if result.iters_done and result.summary["accept_rate"] < 0.01:
+        notes.append(f"no proposal was accepted (mean |energy error| {result.summary['mean_abs_energy_error']:.3g}): "
+                     f"the step size {config.step_size:g} is too large for this node; try a smaller one or "
+                     "adapt_steps > 0. The samples are the starting noise, never NaN.")
+    return SampleRun(result, [str(n) for n in score.nodes], config, info, notes)
+
+
+def _run_chains(score: NodeScore, info: ModelInfo, config: HMCConfig, device: torch.device, callback, stop):
+    x0 = initial_states(info, config.chains * len(score.nodes), config.sigma, config.seed, device)
+    g = torch.Generator(device=device).manual_seed(config.seed)
+    return hmc_sample(score, x0, iters=config.iters, leapfrog_steps=1 if config.mala else config.leapfrog_steps,
+                      step_size=config.step_size, mass=config.mass, sigma=config.sigma, generator=g,
+                      callback=callback, adapt_steps=config.adapt_steps, target_accept=config.target_accept,
+                      precision=config.precision, stop=stop)
 
 
 def to_pixels(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:

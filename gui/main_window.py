@@ -591,6 +591,7 @@ class MainWindow(QMainWindow):
                                  f"{s['final_score_mean']:.3f}, {s['grad_evals_per_second']:.0f} gradients/s")
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+        self.show_error(" ".join(run.warnings))  # e.g. every proposal rejected, or fewer chains after CUDA OOM
         if self._restart:
             self.start()
 
