@@ -54,15 +54,29 @@ def _add_train(sub) -> None:
     o.add_argument("--seed", type=int)
     o.add_argument("--out", help="run folder (default: runs/<name>-<mode>-s<seed>-<time>)")
     o.add_argument("--resume", help="run folder (or its train_state.pt) to continue")
+    o.add_argument("--nproc", type=int, help="train with DDP in this many processes on this machine (torchrun)")
     o.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config key, value parsed as YAML (repeatable)")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
+    import os
+
     from .config import ConfigError, load_config
     from .train import train
 
+    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:  # relaunch ourselves under torchrun
+        import subprocess
+
+        argv, skip = [], False
+        for a in args.argv:
+            if skip or a == "--nproc" or a.startswith("--nproc="):
+                skip = a == "--nproc"
+                continue
+            argv.append(a)
+        return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={args.nproc}", "-m", "gencnn_plugin", *argv])
     keys = ["model", "mode", "epochs", "batch_size", "lr", "lr_policy", "momentum", "weight_decay", "switch_epoch",
             "switch_lr", "ess_threshold", "dataset", "data_dir", "train_subset", "num_classes", "in_chans",
             "img_size", "weights_file", "trust_pickle", "device", "amp", "seed", "out", "resume"]
@@ -238,6 +252,8 @@ def _add_sample(sub) -> None:
     h.add_argument("--mala", action="store_true", default=None, help="Langevin: one leapfrog step per iteration")
     h.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--devices", help="split the chains over these devices, comma-separated (e.g. cuda:0,cuda:1); "
+                                     "the samples equal a one-device run's")
     p.add_argument("--out", default="samples.png", help="PNG grid")
     p.add_argument("--npz", help="also write samples, pixels and per-iteration diagnostics here")
     p.add_argument("--nrow", type=int, help="images per grid row (default: chains per node)")
@@ -270,7 +286,10 @@ def _cmd_sample(args) -> int:
     config = load_preset(args.preset, **{k: getattr(args, k) for k in keys})
     device = resolve_device(args.device)
     model, info = _open(args, device)
-    run = sample_node(model, info, args.node, config, device)
+    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+    for d in devices or []:
+        resolve_device(d)  # a device that does not exist is an error before anything runs
+    run = sample_node(model, info, args.node, config, device, devices=devices)
     s = run.result.summary
     save_grid(run.result.x, info, args.out, nrow=args.nrow or run.config.chains, min_size=args.min_size,
               display=args.display)
@@ -359,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.debug:
         return args.func(args)
     from .checkpoint import CheckpointError

@@ -65,6 +65,7 @@ class TrainConfig:
     switch_epoch: int = 16  # gg+dg: GG epochs before DG
     switch_lr: float = 0.003  # base LR of the DG phase (gg+dg and auto)
     ess_threshold: float = 0.1  # auto: switch when the epoch's mean normalised ESS falls below this ...
+    gg_estimator: str = "local"  # DDP: q(x) = each rank's batch (local) or all ranks' batches (global)
     ess_plateau: float | None = 0.01  # ... or falls by less than this fraction in an epoch (None: threshold only)
     # run
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -165,6 +166,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("batch_size: GG uses the batch as its sample of q(x) and needs batch_size >= 2")
     if cfg.mode == "gg+dg" and not 0 <= cfg.switch_epoch <= cfg.epochs:
         raise ConfigError(f"switch_epoch: must be in [0, epochs={cfg.epochs}], got {cfg.switch_epoch}")
+    if cfg.gg_estimator not in ("local", "global"):
+        raise ConfigError(f"gg_estimator: 'local' or 'global', got {cfg.gg_estimator!r}")
     if cfg.dataset not in ("mnist", "imagefolder", "synthetic"):
         raise ConfigError(f"dataset: {cfg.dataset!r} is not one of mnist, imagefolder, synthetic")
     if cfg.amp not in ("none", "bf16", "fp16"):

@@ -137,25 +137,28 @@ class DeviceLoader:
     """Batches of an on-device :class:`TensorData`, normalised, reshuffled each epoch from (seed, epoch)."""
 
     def __init__(self, data: TensorData, batch_size: int, normalize, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
         self.data, self.batch_size, self.normalize = data, batch_size, normalize
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size  # DDP: rank r takes every world_size-th example, equal shares
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.data)
+        n = len(self.data) // self.world_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.data), self.data.labels.device
-        if self.shuffle:
+        if self.shuffle:  # the same permutation on every rank (seed, epoch), then each rank's share of it
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(n, generator=g).to(device)
         else:
             order = torch.arange(n, device=device)
+        if self.world_size > 1:
+            order = order[self.rank::self.world_size][: n // self.world_size]
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             yield self.normalize(self.data.images[idx]), self.data.labels[idx]
@@ -179,8 +182,9 @@ def load_dataset(name: str, data_dir: str | Path | None, train: bool, in_chans: 
 
 
 def folder_loader(root: str | Path, train: bool, img_size: int, mean, std, batch_size: int, workers: int,
-                  seed: int = 0):
-    """An ImageFolder tree (``root/train/CLASS/*.jpg``, ``root/val/CLASS/*.jpg``) through a DataLoader."""
+                  seed: int = 0, rank: int = 0, world_size: int = 1):
+    """An ImageFolder tree (``root/train/CLASS/*.jpg``, ``root/val/CLASS/*.jpg``) through a DataLoader; under DDP
+    the training split goes through a DistributedSampler (equal shares, reshuffled by ``set_epoch``)."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
@@ -193,6 +197,12 @@ def folder_loader(root: str | Path, train: bool, img_size: int, mean, std, batch
         tf = T.Compose([T.Resize(int(img_size / 0.875)), T.CenterCrop(img_size), T.ToTensor(), T.Normalize(mean, std)])
     ds = ImageFolder(str(split), transform=tf)
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, num_workers=workers,
-                                       pin_memory=torch.cuda.is_available(), drop_last=False, generator=g,
-                                       persistent_workers=workers > 0), ds.classes
+    sampler = None
+    if train and world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, world_size, rank, shuffle=True, seed=seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None,
+                                         sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                         drop_last=False, generator=g, persistent_workers=workers > 0)
+    if sampler is not None:
+        loader.set_epoch = sampler.set_epoch  # the trainer calls set_epoch on its loader each epoch
+    return loader, ds.classes

@@ -128,6 +128,8 @@ def hmc_sample(
     target_accept: float = 0.65,
     precision: str = "fp32",
     stop: Callable[[], bool] | None = None,
+    noise_rows: torch.Tensor | None = None,
+    noise_total: int | None = None,
 ) -> HMCResult:
     """Draw ``B = x0.shape[0]`` chains from exp(f(x)) N(x; 0, sigma^2 I) by HMC, starting at ``x0``.
 
@@ -135,6 +137,8 @@ def hmc_sample(
     live view) and stops the run by returning True; ``stop()`` is polled after every leapfrog step so a GUI can
     interrupt mid-trajectory (the unfinished proposal is dropped). ``adapt_steps > 0`` tunes each chain's step
     size by dual averaging (Hoffman & Gelman 2014) towards ``target_accept`` during those first iterations only.
+    ``noise_rows`` / ``noise_total``: these chains are rows ``noise_rows`` of a run of ``noise_total`` chains; the
+    random numbers are drawn for all of them and indexed, so chains split over devices reproduce the one-device run.
     """
     HMCConfig(iters=iters, leapfrog_steps=leapfrog_steps, step_size=step_size, mass=mass, sigma=sigma,
               adapt_steps=adapt_steps, target_accept=target_accept, precision=precision)  # validates
@@ -160,7 +164,8 @@ def hmc_sample(
     trace = {k: torch.zeros(iters, b, device=device) for k in names}
     grad_evals, done, stopped = 1, 0, False
     for it in range(iters):
-        phi = torch.randn(x.shape, device=device, generator=generator) * math.sqrt(mass)
+        phi = torch.randn((noise_total or b, *x.shape[1:]), device=device, generator=generator)
+        phi = (phi if noise_rows is None else phi[noise_rows]) * math.sqrt(mass)
         h0 = u + phi.pow(2).flatten(1).sum(1) / (2 * mass)
         out = leapfrog(x, phi, grad, energy, _per_chain(eps, x), leapfrog_steps, mass, stop)
         grad_evals += leapfrog_steps
@@ -172,7 +177,8 @@ def hmc_sample(
         d_h = h1 - h0
         finite = torch.isfinite(d_h) & torch.isfinite(x1).flatten(1).all(1) & torch.isfinite(grad1).flatten(1).all(1)
         log_alpha = torch.where(finite, torch.clamp(-d_h, max=0.0), torch.full_like(d_h, -math.inf))
-        log_u = torch.log(torch.rand(b, device=device, generator=generator))
+        r = torch.rand(noise_total or b, device=device, generator=generator)
+        log_u = torch.log(r if noise_rows is None else r[noise_rows])
         acc = log_u < log_alpha  # Metropolis: accept with probability min(1, exp(-dH)); never a non-finite state
         x = torch.where(_per_chain(acc, x), x1, x)
         grad = torch.where(_per_chain(acc, grad), grad1, grad)

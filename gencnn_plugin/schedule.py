@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .losses import generative_loss, importance_ess
@@ -62,7 +63,8 @@ class GenerativeSchedule:
 
     def __init__(self, mode: str = "gg+dg", base_lr: float = 0.01, epochs: int = 25, steps_per_epoch: int = 1,
                  switch_epoch: int | None = None, switch_lr: float | None = None, ess_threshold: float = 0.1,
-                 ess_plateau: float | None = 0.01, lr_policy: LRPolicy | None = None, track_ess: bool = True) -> None:
+                 ess_plateau: float | None = 0.01, lr_policy: LRPolicy | None = None, track_ess: bool = True,
+                 gg_estimator: str = "local") -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if mode == "gg+dg" and switch_epoch is None:
@@ -72,6 +74,9 @@ class GenerativeSchedule:
         self.switch_lr = base_lr if switch_lr is None else switch_lr
         self.ess_threshold, self.lr_policy, self.track_ess = ess_threshold, lr_policy, track_ess
         self.ess_plateau = ess_plateau
+        if gg_estimator not in ("local", "global"):
+            raise ValueError(f"gg_estimator must be 'local' or 'global', got {gg_estimator!r}")
+        self.gg_estimator = gg_estimator  # under DDP: q(x) = this rank's batch, or all ranks' (distributed.py)
         self.last_ess: float | None = None  # the previous epoch's mean ESS, for the plateau test
         self.phase = "dg" if mode == "dg" else "gg"
         self.switched_at: int | None = None  # epoch at which DG started, for gg+dg and auto
@@ -129,6 +134,11 @@ class GenerativeSchedule:
             self._ess_sum = self._ess_sum + importance_ess(logits, targets)  # stays on the device: no sync
             self._ess_count += 1
         if self.phase == "gg":
+            if self.gg_estimator == "global" and dist.is_available() and dist.is_initialized() \
+                    and dist.get_world_size() > 1:
+                from .distributed import gather_for_gg
+
+                logits, targets = gather_for_gg(logits, targets)
             return generative_loss(logits, targets)
         return F.cross_entropy(logits, targets)
 

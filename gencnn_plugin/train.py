@@ -34,6 +34,9 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import MNIST_MEAN_STD, DeviceLoader, folder_loader, load_dataset, normalizer
+from .distributed import DistContext
+from .distributed import cleanup as dist_cleanup
+from .distributed import setup as dist_setup
 from .losses import generative_loss
 from .schedule import GenerativeSchedule, LRPolicy
 from .specs import ModelInfo, create_model
@@ -69,7 +72,8 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def build_data(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, ModelInfo, object, object]:
+def build_data(cfg: TrainConfig, device: torch.device, ctx: DistContext | None = None
+               ) -> tuple[nn.Module, ModelInfo, object, object]:
     """The model (on ``device``) with its ModelInfo, and the train and test loaders, from one config."""
     if cfg.dataset == "imagefolder":
         from torchvision.datasets.folder import find_classes
@@ -103,11 +107,14 @@ def build_data(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Model
     model.to(device)
     if cfg.dataset == "imagefolder":
         common = dict(img_size=img_size, mean=info.mean, std=info.std, workers=cfg.workers, seed=cfg.seed)
-        train_loader, _ = folder_loader(cfg.data_dir, True, batch_size=cfg.batch_size, **common)
+        train_loader, _ = folder_loader(cfg.data_dir, True, batch_size=cfg.batch_size, **common,
+                                        rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1)
         test_loader, _ = folder_loader(cfg.data_dir, False, batch_size=cfg.eval_batch_size, **common)
     else:
         norm = normalizer(info.mean, info.std, device)
-        train_loader = DeviceLoader(train_set.to(device), cfg.batch_size, norm, shuffle=True, seed=cfg.seed)
+        ctx = ctx or DistContext()
+        train_loader = DeviceLoader(train_set.to(device), cfg.batch_size, norm, shuffle=True, seed=cfg.seed,
+                                    rank=ctx.rank, world_size=ctx.world_size)
         test_loader = DeviceLoader(test_set.to(device), cfg.eval_batch_size, norm, shuffle=False)
     return model, info, train_loader, test_loader
 
@@ -204,15 +211,26 @@ def _log(msg: str) -> None:
 
 def train(cfg: TrainConfig, log=_log) -> dict:
     """Run a whole training job from a config; returns the summary also written to ``RUN/summary.json``."""
-    device = resolve_device(cfg.device)
+    ctx, device = dist_setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, log if ctx.is_main else (lambda msg: None), ctx, device)  # rank 0 logs and saves
+    finally:
+        dist_cleanup(ctx)
+
+
+def _train(cfg: TrainConfig, log, ctx: DistContext, device: torch.device) -> dict:
     state_path = None
     if cfg.resume:
         state_path = Path(cfg.resume) if Path(cfg.resume).is_file() else Path(cfg.resume) / TRAIN_STATE_NAME
         if not state_path.is_file():
             raise FileNotFoundError(f"cannot resume: {state_path} does not exist")
     run_dir = state_path.parent if state_path else _run_dir(cfg)
-    torch.manual_seed(cfg.seed)  # model initialisation
-    model, info, train_loader, test_loader = build_data(cfg, device)
+    if ctx.enabled:  # one run folder for all ranks: rank 0's (its name may hold a time stamp)
+        shared = [str(run_dir)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
+    torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank (DDP also broadcasts rank 0's)
+    model, info, train_loader, test_loader = build_data(cfg, device, ctx)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -225,7 +243,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
                       step_iters=cfg.lr_step_epochs * steps_per_epoch)
     schedule = GenerativeSchedule(cfg.mode, base_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                   switch_epoch=cfg.switch_epoch, switch_lr=cfg.switch_lr,
-                                  ess_threshold=cfg.ess_threshold, ess_plateau=cfg.ess_plateau, lr_policy=policy)
+                                  ess_threshold=cfg.ess_threshold, ess_plateau=cfg.ess_plateau, lr_policy=policy,
+                                  gg_estimator=cfg.gg_estimator)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and device.type == "cuda" else None
 
     start_epoch, history = 0, []
@@ -238,20 +257,27 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], list(state["history"])
         log(f"resumed {run_dir} at epoch {start_epoch}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved = dataclasses.asdict(dataclasses.replace(cfg, out=str(run_dir), resume=None))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    # metrics.jsonl mirrors ``history``, which the resume state carries, so a resumed run rewrites it whole.
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    log(f"training {info.spec} on {cfg.dataset}, "
-        f"mode {cfg.mode}, {cfg.epochs} epochs x {steps_per_epoch} steps, device {device}, run {run_dir}")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        # metrics.jsonl mirrors ``history``, which the resume state carries, so a resumed run rewrites it whole.
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    net = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ranks = f", {ctx.world_size} processes (DDP, GG estimator {cfg.gg_estimator})" if ctx.enabled else ""
+    log(f"training {info.spec} on {cfg.dataset}, mode {cfg.mode}, {cfg.epochs} epochs x {steps_per_epoch} steps, "
+        f"device {device}{ranks}, run {run_dir}")
 
     show_progress = sys.stderr.isatty()
     with _signals_interrupt():
         for epoch in range(start_epoch, cfg.epochs):
             try:
-                _run_epoch(epoch, cfg, model, info, optimizer, schedule, scaler, train_loader, test_loader, device,
-                           run_dir, resolved, history, show_progress, log)
+                _run_epoch(epoch, cfg, model, net, ctx, info, optimizer, schedule, scaler, train_loader,
+                           test_loader, device, run_dir, resolved, history, show_progress, log)
             except KeyboardInterrupt:
                 kept = (f"the checkpoint of epoch {epoch} is kept in {run_dir}" if epoch > 0 else
                         "no epoch had finished, so nothing was saved")
@@ -268,7 +294,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": str(run_dir / CHECKPOINT_NAME), "run_dir": str(run_dir),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if ctx.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"done: test error {100 * summary['test_error']:.2f}% after {cfg.epochs} epochs ({cfg.mode}); {run_dir}")
     return summary
 
@@ -290,16 +317,18 @@ def _signals_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_epoch(epoch, cfg, model, info, optimizer, schedule, scaler, train_loader, test_loader, device, run_dir,
-               resolved, history, show_progress, log) -> None:
-    """One epoch: train, evaluate, then write the resume state and the checkpoint (each atomically)."""
-    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a resumed epoch draws the same numbers
+def _run_epoch(epoch, cfg, model, net, ctx, info, optimizer, schedule, scaler, train_loader, test_loader, device,
+               run_dir, resolved, history, show_progress, log) -> None:
+    """One epoch: train (``net``: the model, or its DDP wrapper), evaluate, then rank 0 writes the resume state and
+    the checkpoint (each atomically)."""
+    # dropout etc.: a resumed epoch draws the same numbers; each rank its own
+    torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * ctx.rank)
     if hasattr(train_loader, "set_epoch"):
         train_loader.set_epoch(epoch)
     phase = schedule.start_epoch(epoch)
     progress = _Progress(epoch, cfg.epochs, phase, cfg.log_interval) if show_progress else None
     t0 = time.perf_counter()
-    stats = train_one_epoch(model, train_loader, optimizer, schedule, device, cfg.amp, scaler, progress)
+    stats = train_one_epoch(net, train_loader, optimizer, schedule, device, cfg.amp, scaler, progress)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -323,6 +352,10 @@ def _run_epoch(epoch, cfg, model, info, optimizer, schedule, scaler, train_loade
     state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else {},
              "history": history}
+    if not ctx.is_main:
+        if ctx.enabled:
+            torch.distributed.barrier()  # rank 0 is writing the files every rank may resume from
+        return
     try:
         save_train_state(run_dir / TRAIN_STATE_NAME, state)
         save_checkpoint(run_dir / CHECKPOINT_NAME, model, info, mode=cfg.mode, epoch=epoch + 1,
@@ -333,6 +366,8 @@ def _run_epoch(epoch, cfg, model, info, optimizer, schedule, scaler, train_loade
                               f"{kept.replace('the last good', 'the previous')}") from None
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    if ctx.enabled:
+        torch.distributed.barrier()
     switched = " -> DG next" if end["switch_next"] else ""
     log(f"epoch {epoch + 1:3d}/{cfg.epochs} [{end['phase']}] gg_loss {record['gg_loss']:.4f} "
         f"dg_loss {record['dg_loss']:.4f} test_error {100 * test['error']:.2f}% ess {end['mean_ess']:.3f} "

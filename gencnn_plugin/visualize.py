@@ -48,9 +48,15 @@ def initial_states(info: ModelInfo, chains: int, sigma: float, seed: int, device
 
 def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config: HMCConfig | None = None,
                 device: torch.device | str = "cpu", callback=None, stop=None,
-                score: NodeScore | None = None) -> SampleRun:
-    """Run ``config.chains`` HMC chains per node (several nodes of one layer share the batch)."""
+                score: NodeScore | None = None, devices: list[str] | None = None) -> SampleRun:
+    """Run ``config.chains`` HMC chains per node (several nodes of one layer share the batch).
+
+    ``devices`` (e.g. ["cuda:0", "cuda:1"]) splits each node's chains over those devices, one thread each, and
+    gathers them: the same samples as one device with the same seed (the callback is not called then).
+    """
     config = config or HMCConfig()
+    if devices and len(devices) > 1:
+        return _sample_split(model, info, node if isinstance(node, list) else [node], config, devices, stop)
     device = torch.device(device)
     nodes = node if isinstance(node, list) else [node]
     score = score or node_score(model.to(device), info, nodes)
@@ -73,6 +79,44 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
                      f"the step size {config.step_size:g} is too large for this node; try a smaller one or "
                      "adapt_steps > 0. The samples are the starting noise, never NaN.")
     return SampleRun(result, [str(n) for n in score.nodes], config, info, notes)
+
+
+def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: HMCConfig, devices: list[str],
+                  stop) -> SampleRun:
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    c, k = config.chains, len(nodes)
+    parts = [p for p in torch.arange(c).tensor_split(len(devices)) if len(p)]  # each device: some chains per node
+    x0 = initial_states(info, c * k, config.sigma, config.seed, "cpu")  # the one-device run's starting points
+
+    def run(dev: str, chains: torch.Tensor):
+        dev = torch.device(dev)
+        score = node_score(copy.deepcopy(model).to(dev), info, nodes)
+        rows = torch.cat([j * c + chains for j in range(k)])
+        g = torch.Generator(device=dev).manual_seed(config.seed)
+        res = hmc_sample(score, x0[rows].to(dev), iters=config.iters,
+                         leapfrog_steps=1 if config.mala else config.leapfrog_steps, step_size=config.step_size,
+                         mass=config.mass, sigma=config.sigma, generator=g, adapt_steps=config.adapt_steps,
+                         target_accept=config.target_accept, precision=config.precision, stop=stop,
+                         noise_rows=rows.to(dev), noise_total=c * k)
+        return rows, res, [str(n) for n in score.nodes]
+
+    with ThreadPoolExecutor(len(parts)) as pool:
+        outs = list(pool.map(run, devices[: len(parts)], parts))
+    order = torch.cat([rows for rows, _, _ in outs])
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order))
+    done = min(res.iters_done for _, res, _ in outs)
+    result = HMCResult(
+        x=torch.cat([res.x.cpu() for _, res, _ in outs])[back],
+        accept_rate=torch.cat([res.accept_rate for _, res, _ in outs])[back],
+        trace={key: torch.cat([res.trace[key][:done] for _, res, _ in outs], dim=1)[:, back]
+               for key in outs[0][1].trace},
+        grad_evals=sum(res.grad_evals for _, res, _ in outs), seconds=max(res.seconds for _, res, _ in outs),
+        iters_done=done, stopped=any(res.stopped for _, res, _ in outs))
+    result.summary = summarize(result, config.adapt_steps, groups=k)
+    return SampleRun(result, outs[0][2], config, info)
 
 
 def _run_chains(score: NodeScore, info: ModelInfo, config: HMCConfig, device: torch.device, callback, stop):
