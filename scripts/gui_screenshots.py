@@ -17,13 +17,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_until(app, window, iterations: int, timeout: float = 600.0) -> None:
-    """Start sampling and process events until ``iterations`` are shown (or the run ends)."""
+def shoot(app, window, iterations: int, path: Path, timeout: float = 600.0) -> None:
+    """Start sampling, grab the window once ``iterations`` are shown (or the run ended), then stop."""
     window.start()
     t = time.perf_counter()
     while window.running and len(window._accept) < iterations and time.perf_counter() - t < timeout:
         app.processEvents()
         time.sleep(0.01)
+    app.processEvents()
+    window.grab().save(str(path))
+    window.stop()
+    while window.running:
+        app.processEvents()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,12 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         window.set_node("logits:3")
         window.chains.setValue(16)
         window.iters.setValue(100)
-        run_until(app, window, 60)
-        app.processEvents()
-        window.grab().save(str(args.out / "gui_lenet.png"))
-        window.stop()
-        while window.running:
-            app.processEvents()
+        shoot(app, window, 60, args.out / "gui_lenet.png")
 
         window.open_source("tv:squeezenet1_1", args.weights)
         window.preset.setCurrentText("alexnet_fc8")
@@ -66,12 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         window.sigma.setValue(1.0)
         window.step_size.setValue(0.06)  # the step that dual averaging settles on here (imagenet_samples.md); the
         # paper's 1.0 rejects every proposal on SqueezeNet
-        run_until(app, window, 6)
-        app.processEvents()
-        window.grab().save(str(args.out / "gui_squeezenet.png"))
-        window.stop()
-        while window.running:
-            app.processEvents()
+        shoot(app, window, 6, args.out / "gui_squeezenet.png")
         window.close()
     print(f"wrote {args.out / 'gui_lenet.png'} and {args.out / 'gui_squeezenet.png'}", flush=True)
 
