@@ -342,8 +342,9 @@ def _cmd_export(args) -> int:
     from .export import export_onnx, real_inputs, verify_onnx
 
     model, info = _open(args, args.device)
-    result = export_onnx(model, args.out, info=info, node=args.node, opset=args.opset, exporter=args.exporter,
-                         fp16=args.fp16, device=args.device, external_data=args.external_data or None)
+    result = export_onnx(model, args.out, info=info, node=args.node, provenance_of=args.source, opset=args.opset,
+                         exporter=args.exporter, fp16=args.fp16, device=args.device,
+                         external_data=args.external_data or None)
     data = f" + {result.data_path}" if result.data_path else ""
     print(f"wrote {result.path}{data}: {info.spec}{' node ' + args.node if args.node else ''} -> "
           f"'{result.output}', opset {result.opset}, {result.exporter} exporter, {result.seconds:.2f} s")

@@ -183,16 +183,20 @@ def _export_graph(model: nn.Module, x: torch.Tensor, path: Path, exporter: str, 
 def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: ModelInfo | None = None,
                 node: str | None = None, weights_file: str | Path | None = None, opset: int = 18,
                 exporter: str = DEFAULT_EXPORTER, fp16: bool = False, device: str | torch.device = "cpu",
-                external_data: bool | None = None, batch: int = 2) -> ExportResult:
+                external_data: bool | None = None, batch: int = 2,
+                provenance_of: str | Path | None = None) -> ExportResult:
     """Export a checkpoint, a spec (with optional local weights) or a module to ONNX at ``path``.
 
     ``node`` ("conv2:7", "logits:3", a class name) exports that node's score function instead of the logits.
     ``external_data``: None = only when the weights exceed protobuf's 2 GiB limit. ``fp16`` casts weights and input
-    to float16 (for CUDA deployment). Raises :class:`ExportError` naming the exporter's message and the layer.
+    to float16 (for CUDA deployment). ``provenance_of``: the checkpoint a passed-in module came from, whose training
+    record (mode, epoch, test error, ...) goes into the metadata as ``trained``, as it does for a checkpoint source.
+    Raises :class:`ExportError` naming the exporter's message and the layer.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}: use {' or '.join(EXPORTERS)}")
     model, info = _resolve(source, info, weights_file, device)
+    trained = _provenance(provenance_of or source)
     module: nn.Module = node_score(model, info, node) if node else model.eval()
     module = module.to(device)
     if fp16:
@@ -201,6 +205,8 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: Model
     x = torch.randn(batch, *info.input_size, device=device, dtype=torch.float16 if fp16 else torch.float32)
     path = Path(path)
     meta = _metadata(info, node, opset, exporter, fp16, output)
+    if trained:
+        meta["trained"] = json.dumps(trained)
     t0 = time.perf_counter()
     with _artifact(path) as tmp:
         raw = tmp.with_name("raw.onnx")
@@ -229,6 +235,16 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: Model
             raise ExportError(f"onnx.checker rejected the export of {info.spec}: {e}") from e
     data = Path(f"{path}.data")
     return ExportResult(path, data if data.exists() else None, exporter, opset, seconds, output, meta, tracer_warnings)
+
+
+def _provenance(source) -> dict | None:
+    """For a checkpoint: how it was trained (mode, epoch, dataset, test error, date), from its metadata."""
+    if isinstance(source, nn.Module) or not Path(str(source)).exists():
+        return None
+    from .checkpoint import read_metadata
+
+    meta = read_metadata(source)
+    return {k: meta[k] for k in ("mode", "epoch", "phase", "dataset", "test_error", "date", "gencnn") if k in meta}
 
 
 def _resolve(source, info, weights_file, device) -> tuple[nn.Module, ModelInfo]:

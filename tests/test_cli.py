@@ -11,7 +11,7 @@ import pytest
 from gencnn_plugin.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["train"], ["eval"], ["models"]])
+@pytest.mark.parametrize("argv", [[], ["train"], ["eval"], ["models"], ["nodes"], ["sample"], ["export"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])

@@ -180,6 +180,17 @@ def test_cli_export(tmp_path, capsys):
     assert session_in.name == "input"
 
 
+def test_checkpoint_provenance_travels_into_the_metadata(tmp_path):
+    from gencnn_plugin import save_checkpoint
+
+    model, info = create_model("lenet")
+    ckpt = tmp_path / "lenet.safetensors"
+    save_checkpoint(ckpt, model, info, mode="gg+dg", epoch=25, dataset="mnist", test_error=0.0069)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "l.onnx"), "--exporter", "legacy", "--no-verify"]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "l.onnx")).metadata_props}
+    assert json.loads(meta["trained"]) == {"mode": "gg+dg", "epoch": 25, "dataset": "mnist", "test_error": 0.0069}
+
+
 def test_cli_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", "lenet", "--out", str(tmp_path / "x.onnx"), "--node", "conv1:99"]) == 2
     err = capsys.readouterr().err.strip()
