@@ -18,8 +18,8 @@ from .hmc import HMCConfig, HMCResult, hmc_sample, summarize
 from .nodes import NodeScore, node_score
 from .specs import ModelInfo
 
-__all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "save_grid", "save_npz",
-           "load_preset"]
+__all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "grid_pixels", "save_grid",
+           "save_npz", "load_preset"]
 
 
 @dataclass
@@ -63,7 +63,8 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
     notes: list[str] = []
     while True:
         try:
-            result = _run_chains(score, info, config, device, callback, stop)
+            x0 = initial_states(info, config.chains * len(score.nodes), config.sigma, config.seed, device)
+            result = _run_chains(score, x0, config, callback, stop)
             break
         except torch.cuda.OutOfMemoryError:
             if config.chains == 1:
@@ -94,12 +95,7 @@ def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: H
         dev = torch.device(dev)
         score = node_score(copy.deepcopy(model).to(dev), info, nodes)
         rows = torch.cat([j * c + chains for j in range(k)])
-        g = torch.Generator(device=dev).manual_seed(config.seed)
-        res = hmc_sample(score, x0[rows].to(dev), iters=config.iters,
-                         leapfrog_steps=1 if config.mala else config.leapfrog_steps, step_size=config.step_size,
-                         mass=config.mass, sigma=config.sigma, generator=g, adapt_steps=config.adapt_steps,
-                         target_accept=config.target_accept, precision=config.precision, stop=stop,
-                         noise_rows=rows.to(dev), noise_total=c * k)
+        res = _run_chains(score, x0[rows].to(dev), config, stop=stop, noise_rows=rows.to(dev), noise_total=c * k)
         return rows, res, [str(n) for n in score.nodes]
 
     with ThreadPoolExecutor(len(parts)) as pool:
@@ -119,13 +115,14 @@ def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: H
     return SampleRun(result, outs[0][2], config, info)
 
 
-def _run_chains(score: NodeScore, info: ModelInfo, config: HMCConfig, device: torch.device, callback, stop):
-    x0 = initial_states(info, config.chains * len(score.nodes), config.sigma, config.seed, device)
-    g = torch.Generator(device=device).manual_seed(config.seed)
+def _run_chains(score: NodeScore, x0: torch.Tensor, config: HMCConfig, callback=None, stop=None,
+                noise_rows: torch.Tensor | None = None, noise_total: int | None = None) -> HMCResult:
+    """``hmc_sample`` with a config's settings, from ``x0`` on its device."""
+    g = torch.Generator(device=x0.device).manual_seed(config.seed)
     return hmc_sample(score, x0, iters=config.iters, leapfrog_steps=1 if config.mala else config.leapfrog_steps,
                       step_size=config.step_size, mass=config.mass, sigma=config.sigma, generator=g,
                       callback=callback, adapt_steps=config.adapt_steps, target_accept=config.target_accept,
-                      precision=config.precision, stop=stop)
+                      precision=config.precision, stop=stop, noise_rows=noise_rows, noise_total=noise_total)
 
 
 def to_pixels(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
@@ -150,16 +147,26 @@ def display_pixels(x: torch.Tensor, info: ModelInfo, display: str = "range") -> 
     return (pix - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def grid_pixels(x: torch.Tensor, info: ModelInfo, nrow: int = 8, padding: int = 2, min_size: int = 0,
+                display: str = "range") -> torch.Tensor:
+    """Samples as one image grid (3, H, W) in [0, 1], ``nrow`` per row, upscaled by an integer factor to
+    ``min_size`` px: what :func:`save_grid` writes and the GUI previews."""
+    import torchvision.utils as vutils
+
+    pix = display_pixels(x.detach().float().cpu(), info, display)
+    if min_size and pix.shape[-1] < min_size:
+        pix = torch.nn.functional.interpolate(pix, scale_factor=-(-min_size // pix.shape[-1]), mode="nearest")
+    return vutils.make_grid(pix, nrow=nrow, padding=padding, pad_value=1.0)
+
+
 def save_grid(x: torch.Tensor, info: ModelInfo, path: str | Path, nrow: int = 8, padding: int = 2,
               min_size: int = 0, display: str = "range") -> Path:
     """Write samples as a PNG grid (``nrow`` images per row), upscaled by an integer factor to ``min_size`` px."""
     import torchvision.utils as vutils
 
-    pix = display_pixels(x.detach().cpu(), info, display)
-    if min_size and pix.shape[-1] < min_size:
-        pix = torch.nn.functional.interpolate(pix, scale_factor=-(-min_size // pix.shape[-1]), mode="nearest")
+    grid = grid_pixels(x, info, nrow, padding, min_size, display)
     with atomic_path(path) as tmp:
-        vutils.save_image(pix, str(tmp), nrow=nrow, padding=padding, pad_value=1.0, format="png")
+        vutils.save_image(grid, str(tmp), format="png")
     return Path(path)
 
 

@@ -14,7 +14,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from gencnn_plugin.hmc import HMCConfig, HMCStep
 from gencnn_plugin.specs import ModelInfo
 from gencnn_plugin.train import resolve_device
-from gencnn_plugin.visualize import display_pixels, sample_node
+from gencnn_plugin.visualize import grid_pixels, sample_node
 
 __all__ = ["SampleJob", "SamplerWorker", "grid_image"]
 
@@ -32,14 +32,9 @@ class SampleJob:
 
 
 def grid_image(x: torch.Tensor, info: ModelInfo, nrow: int, min_size: int = 56) -> np.ndarray:
-    """Samples -> one RGB uint8 grid (H, W, 3), as ``gencnn sample`` draws it (each image scaled to its range)."""
-    import torchvision.utils as vutils
-
-    pix = display_pixels(x.detach().float().cpu(), info, "range")
-    if pix.shape[-1] < min_size:
-        pix = torch.nn.functional.interpolate(pix, scale_factor=-(-min_size // pix.shape[-1]), mode="nearest")
-    grid = vutils.make_grid(pix, nrow=nrow, padding=2, pad_value=1.0)
-    return (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
+    """Samples -> one RGB uint8 grid (H, W, 3), drawn as ``gencnn sample`` draws it."""
+    grid = grid_pixels(x, info, nrow, min_size=min_size)
+    return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).contiguous().numpy()
 
 
 class SamplerWorker(QObject):
