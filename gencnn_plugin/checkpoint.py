@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from .specs import ModelInfo, WeightsError, create_model, load_state_dict_checked
+from .specs import ModelInfo, WeightsError, create_model, load_pickled, load_state_dict_checked
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_metadata", "save_train_state", "load_train_state",
            "atomic_path", "resolve_checkpoint", "CheckpointError", "FORMAT_VERSION"]
@@ -120,15 +120,10 @@ def save_train_state(path: str | Path, state: dict) -> Path:
 
 def load_train_state(path: str | Path) -> dict:
     """Read the resume state without unpickling arbitrary objects (no opt-out: we write these files ourselves)."""
-    import pickle
-
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to unpickle it: it holds objects other than tensors and plain "
-                              f"containers ({str(e).strip().splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable resume state ({str(e).strip().splitlines()[0]})") from None
+        return load_pickled(path, opt_in=False)
+    except WeightsError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def open_model(source: str | Path, weights_file: str | Path | None = None, device: str | torch.device = "cpu",

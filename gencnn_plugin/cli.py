@@ -101,9 +101,7 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test error of a checkpoint", formatter_class=_Formatter,
                        description="Evaluate a checkpoint (or run folder) on the test split of its dataset.")
     p.add_argument("checkpoint", help="checkpoint .safetensors or run folder, or a model spec with --weights")
-    p.add_argument("--weights", help="local weights for a model spec (safetensors or a weights-only state dict)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="unpickle a .pt/.pth weights file fully: only for files you trust (it can run code)")
+    _add_weights(p)
     p.add_argument("--dataset", help="override the dataset recorded in the checkpoint")
     p.add_argument("--data-dir", help="dataset folder (default: $GENCNN_DATA)")
     p.add_argument("--device", default="auto")
@@ -160,11 +158,15 @@ def _cmd_models(args) -> int:
     return 0
 
 
-def _add_source(p) -> None:
-    p.add_argument("source", help="checkpoint (.safetensors or run folder) or model spec (lenet, timm:NAME, tv:NAME)")
+def _add_weights(p) -> None:
     p.add_argument("--weights", help="local weights for a model spec (safetensors or a weights-only state dict)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="unpickle a .pt/.pth weights file fully: only for files you trust (it can run code)")
+
+
+def _add_source(p) -> None:
+    p.add_argument("source", help="checkpoint (.safetensors or run folder) or model spec (lenet, timm:NAME, tv:NAME)")
+    _add_weights(p)
     p.add_argument("--num-classes", type=int, help="for a model spec")
     p.add_argument("--mean", type=float, nargs="+", help="input mean for a model spec (default: the model's)")
     p.add_argument("--std", type=float, nargs="+", help="input std for a model spec")

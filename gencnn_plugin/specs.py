@@ -21,7 +21,7 @@ from torch import nn
 from . import models as _paper_models  # noqa: F401  (registers lenet_caffe, zfnet into timm)
 
 __all__ = ["ModelInfo", "create_model", "parse_spec", "list_specs", "adapt_input_channels", "load_state_dict_checked",
-           "UnknownModelError", "WeightsError"]
+           "load_pickled", "UnknownModelError", "WeightsError"]
 
 # Short names for the paper's networks (Table 1 and 2).
 ALIASES = {"lenet": "timm:lenet_caffe", "zfnet": "timm:zfnet", "alexnet": "tv:alexnet"}
@@ -137,22 +137,29 @@ def _load_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise WeightsError(f"{path} is not a readable safetensors file ({_first_line(e)})") from None
     else:
-        import pickle
-
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-        except pickle.UnpicklingError as e:
-            found = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
-            raise WeightsError(
-                f"{path}: refused to unpickle it: it holds objects other than tensors and plain containers, which "
-                f"could run code ({found[0] if found else _first_line(e)[:100]}); if you trust this file, pass "
-                "--trust-pickle (Python: trust_pickle=True), or convert it to safetensors") from None
-        except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
-            raise WeightsError(f"{path} is not a readable PyTorch weights file ({_first_line(e)})") from None
+        state = load_pickled(path, trust_pickle)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     load_state_dict_checked(model, state, str(path))
+
+
+def load_pickled(path: str | Path, trust_pickle: bool = False, opt_in: bool = True):
+    """``torch.load(weights_only=True)`` with one-line refusals; ``trust_pickle`` unpickles fully. ``opt_in``:
+    whether the refusal may point at --trust-pickle (not for files only we write, such as train_state.pt)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        found = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        hint = ("; if you trust this file, pass --trust-pickle (Python: trust_pickle=True), or convert it to "
+                "safetensors") if opt_in else ""
+        raise WeightsError(f"{path}: refused to unpickle it (weights only): it holds objects other than tensors and "
+                           f"plain containers, which could run code ({found[0] if found else _first_line(e)[:100]})"
+                           f"{hint}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
+        raise WeightsError(f"{path} is not a readable PyTorch file ({_first_line(e)})") from None
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
