@@ -7,13 +7,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtGui import QGuiApplication
 
-pytest.importorskip("PySide6")
-from PySide6.QtCore import QSettings, QTimer  # noqa: E402
-from PySide6.QtGui import QGuiApplication  # noqa: E402
-
-from gencnn_gui.main_window import MainWindow  # noqa: E402
-from gencnn_plugin import create_model, save_checkpoint  # noqa: E402
+from gencnn_gui.main_window import MainWindow
+from gencnn_plugin import create_model, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,6 @@ def test_python_api_refuses_a_hostile_pickle(hostile, tmp_path):
 
 
 def test_gui_refuses_a_hostile_pickle(hostile, qtbot, tmp_path):
-    pytest.importorskip("PySide6")
     from PySide6.QtCore import QSettings
 
     from gencnn_gui.main_window import MainWindow
@@ -320,7 +319,6 @@ def test_an_exploding_score_is_rejected_never_nan(capsys, tmp_path):
 
 
 def test_a_long_gui_session_does_not_grow_memory(qtbot, tmp_path):
-    pytest.importorskip("PySide6")
     from PySide6.QtCore import QSettings
 
     from gencnn_gui.main_window import MainWindow
