@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import random
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -50,3 +52,25 @@ def load_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return json.loads(path.read_text()).get("records", [])
+
+
+def add_output_args(p: argparse.ArgumentParser, default_out: Path) -> None:
+    """--out (JSON that keeps other cases' records), --md, --render-only: shared by the case-based benchmarks."""
+    p.add_argument("--out", type=Path, default=default_out, help=f"JSON path (default {default_out}); records of "
+                                                                 "other cases/devices already there are kept")
+    p.add_argument("--md", type=Path, default=None, help="Markdown path (default: --out with .md)")
+    p.add_argument("--render-only", action="store_true", help="only rewrite the Markdown from --out")
+
+
+def select_cases(args: argparse.Namespace, cases: dict) -> tuple[torch.device, list[str]]:
+    """The device (exits if CUDA is asked for and missing), threads set, and the case names to run."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no GPU available")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    names = args.cases.split(",") if args.cases else [n for n, c in cases.items() if device.type in c.devices]
+    unknown = [n for n in names if n not in cases]
+    if unknown:
+        sys.exit(f"unknown case(s) {unknown}; choose from {list(cases)}")
+    return device, names

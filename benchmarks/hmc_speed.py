@@ -50,7 +50,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _common import bootstrap_median_ci, device_name, load_records, quartiles, sync  # noqa: E402
+from _common import (  # noqa: E402
+    add_output_args,
+    bootstrap_median_ci,
+    device_name,
+    load_records,
+    quartiles,
+    select_cases,
+    sync,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from gencnn_plugin import create_model
@@ -435,10 +443,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "bf16/fp16 989)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", default=None, help="a label stored with the records and shown in the Markdown")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON path (default {DEFAULT_OUT}); records of "
-                                                                  "other cases/devices already there are kept")
-    p.add_argument("--md", type=Path, default=None, help="Markdown path (default: --out with .md)")
-    p.add_argument("--render-only", action="store_true", help="only rewrite the Markdown from --out")
+    add_output_args(p, DEFAULT_OUT)
     return p.parse_args(argv)
 
 
@@ -448,15 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render_only:
         md_path.write_text(render_markdown(load_records(args.out)))
         return
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no GPU available")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    names = args.cases.split(",") if args.cases else [n for n, c in CASES.items() if device.type in c.devices]
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        sys.exit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    device, names = select_cases(args, CASES)
     rounds = args.rounds or DEFAULT_ROUNDS.get(device.type, DEFAULT_ROUNDS["cpu"])
     peak = args.peak_tflops
     if peak is None and device.type == "cuda":

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from _common import quartiles  # noqa: E402
 
 from gencnn_plugin import create_model, export_onnx  # noqa: E402
 
@@ -39,9 +40,9 @@ CASES = {  # name: (spec, create_model kwargs, batch)
 TARGET = 0.8
 
 
-def quartiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=4)
-    return q[0], statistics.median(xs), q[2]
+def q1_median_q3(xs: list[float]) -> tuple[float, float, float]:
+    lo, hi = quartiles(xs)
+    return lo, statistics.median(xs), hi
 
 
 def run_case(name: str, rounds: int, threads: int, tmp: Path) -> dict:
@@ -78,7 +79,7 @@ def run_case(name: str, rounds: int, threads: int, tmp: Path) -> dict:
     ratio["ort_dynamo/ort_legacy"] = [a / b for a, b in zip(times["ort_dynamo"], times["ort_legacy"])]
     return {"case": name, "spec": spec, "batch": batch, "input": list(info.input_size), "rounds": rounds,
             "threads": threads, "export_s": export_s, "ms": {k: statistics.median(v) for k, v in times.items()},
-            "ratios": {k: quartiles(v) for k, v in ratio.items()}}
+            "ratios": {k: q1_median_q3(v) for k, v in ratio.items()}}
 
 
 def render(records: list[dict], meta: dict) -> str:
