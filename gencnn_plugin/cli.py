@@ -40,7 +40,7 @@ def _add_train(sub) -> None:
     o.add_argument("--switch-epoch", type=int, help="gg+dg: number of GG epochs")
     o.add_argument("--switch-lr", type=float, help="base LR of the DG phase")
     o.add_argument("--ess-threshold", type=float, help="auto: switch to DG below this mean normalised ESS")
-    o.add_argument("--dataset", choices=["mnist", "imagefolder", "synthetic"])
+    o.add_argument("--dataset", choices=["mnist", "fashion-mnist", "imagefolder", "synthetic"])
     o.add_argument("--data-dir", help="dataset folder (default: $GENCNN_DATA)")
     o.add_argument("--train-subset", type=int, help="train on the first N images only")
     o.add_argument("--num-classes", type=int)

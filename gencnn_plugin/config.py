@@ -45,7 +45,7 @@ class TrainConfig:
     weights_file: str | None = None  # local weights to start from (safetensors or a weights_only state dict)
     trust_pickle: bool = False  # unpickle weights_file fully (only for files you trust: a pickle can run code)
     # data
-    dataset: str = "mnist"  # mnist | imagefolder | synthetic
+    dataset: str = "mnist"  # mnist | fashion-mnist | imagefolder | synthetic
     data_dir: str | None = None  # None: $GENCNN_DATA
     train_subset: int | None = None  # first N training images, for quick runs
     workers: int = 4  # DataLoader workers for imagefolder
@@ -168,8 +168,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"switch_epoch: must be in [0, epochs={cfg.epochs}], got {cfg.switch_epoch}")
     if cfg.gg_estimator not in ("local", "global"):
         raise ConfigError(f"gg_estimator: 'local' or 'global', got {cfg.gg_estimator!r}")
-    if cfg.dataset not in ("mnist", "imagefolder", "synthetic"):
-        raise ConfigError(f"dataset: {cfg.dataset!r} is not one of mnist, imagefolder, synthetic")
+    from .data import DATASETS
+
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"dataset: {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
     if cfg.amp not in ("none", "bf16", "fp16"):
         raise ConfigError(f"amp: {cfg.amp!r} is not one of none, bf16, fp16")
     if cfg.lr_policy not in ("inv", "step", "cosine", "fixed"):

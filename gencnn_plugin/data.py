@@ -1,13 +1,15 @@
-"""Datasets: MNIST from its original idx files, ImageFolder trees, and a tiny synthetic set for tests.
+"""Datasets: MNIST and Fashion-MNIST from their idx files, ImageFolder trees, and a tiny synthetic set for tests.
 
 Small datasets live on the training device as uint8 tensors and are batched by indexing (no DataLoader round
-trips); normalisation to the model's input space happens per batch on the device.
+trips); normalisation to the model's input space happens per batch on the device. Nothing is downloaded: files are
+read where the user points (``--data-dir`` or ``$GENCNN_DATA``), and a bad file is one :class:`DataError` line.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,18 +17,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["TensorData", "load_mnist", "find_mnist", "synthetic", "DeviceLoader", "normalizer", "load_dataset",
-           "MNIST_MEAN_STD", "DataNotFoundError"]
+__all__ = ["TensorData", "IdxDataset", "IDX_DATASETS", "DATASETS", "load_idx", "find_idx", "load_mnist",
+           "find_mnist", "synthetic", "DeviceLoader", "normalizer", "load_dataset", "MNIST_MEAN_STD",
+           "DataNotFoundError", "DataError", "dataset_mean_std"]
 
-MNIST_FILES = {
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """A dataset shipped as the four idx files of MNIST's format: where to look, its classes and statistics."""
+
+    name: str
+    folders: tuple[str, ...]  # sub-folders of a data root that may hold the files
+    class_names: tuple[str, ...]
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]]  # of the training pixels in [0, 1]
+
+
+IDX_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-MNIST_MEAN_STD = ((0.1307,), (0.3081,))
+MNIST_FILES = IDX_FILES
+IDX_DATASETS = {
+    "mnist": IdxDataset("mnist", ("mnist", "MNIST/raw"), tuple(str(i) for i in range(10)),
+                        ((0.1307,), (0.3081,))),
+    "fashion-mnist": IdxDataset("fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "fashion_mnist"),
+                                ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                 "Bag", "Ankle boot"), ((0.2860,), (0.3530,))),
+}
+DATASETS = (*IDX_DATASETS, "imagefolder", "synthetic")  # the values of TrainConfig.dataset
+MNIST_MEAN_STD = IDX_DATASETS["mnist"].mean_std
 
 
 class DataNotFoundError(FileNotFoundError):
     """A dataset whose files are not where we looked."""
+
+
+class DataError(ValueError):
+    """A data file that cannot be used: truncated, not in the expected format, or inconsistent with its pair."""
 
 
 @dataclass
@@ -47,28 +74,49 @@ class TensorData:
 def _read_idx(path: Path) -> np.ndarray:
     """Read an idx file (gzip or raw): magic (0, 0, dtype, ndim), big-endian int32 dims, then the data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte idx file")
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a cut-off or corrupt .gz (BadGzipFile is an OSError)
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is damaged: fetch it again") \
+            from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 4:
+        raise DataError(f"{path} is not an unsigned-byte idx file")
     ndim = data[3]
-    dims = np.frombuffer(data, dtype=">i4", count=ndim, offset=4)
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: its header is cut short")
+    dims = [int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4)]
+    if any(d < 0 for d in dims):
+        raise DataError(f"{path} has a negative dimension in its header: {dims}")
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: {arr.size} bytes of data for shape {tuple(dims)}")
-    return arr.reshape(tuple(int(d) for d in dims))
+    if arr.size != int(np.prod(dims, dtype=np.int64)):
+        raise DataError(f"{path} is truncated: {arr.size} bytes of data for shape {tuple(dims)}")
+    return arr.reshape(tuple(dims))
 
 
-def find_mnist(data_dir: str | Path | None = None) -> Path:
-    """The folder holding the MNIST idx files: ``data_dir``, then ``$GENCNN_DATA`` (each as is, /mnist, /MNIST/raw)."""
+def _dataset(name: str) -> IdxDataset:
+    if name not in IDX_DATASETS:
+        raise ValueError(f"unknown idx dataset {name!r}: use one of {', '.join(IDX_DATASETS)}")
+    return IDX_DATASETS[name]
+
+
+def find_idx(name: str, data_dir: str | Path | None = None) -> Path:
+    """The folder holding a dataset's four idx files: ``data_dir``, then ``$GENCNN_DATA``, each as is or with the
+    dataset's sub-folders (``mnist``, ``MNIST/raw``; ``fashion-mnist``, ``FashionMNIST/raw``)."""
+    spec = _dataset(name)
     roots = [Path(p) for p in (data_dir, os.environ.get("GENCNN_DATA")) if p]
     tried = []
     for root in roots:
-        for cand in (root, root / "mnist", root / "MNIST" / "raw"):
+        for cand in (root, *(root / sub for sub in spec.folders)):
             tried.append(cand)
-            if all(_idx_file(cand, name) for name in MNIST_FILES[True] + MNIST_FILES[False]):
+            if all(_idx_file(cand, f) for f in IDX_FILES[True] + IDX_FILES[False]):
                 return cand
-    raise DataNotFoundError(_missing_message(tried))
+    raise DataNotFoundError(_missing_message(spec, tried))
+
+
+def find_mnist(data_dir: str | Path | None = None) -> Path:
+    """The folder holding the MNIST idx files (see :func:`find_idx`)."""
+    return find_idx("mnist", data_dir)
 
 
 def _idx_file(folder: Path, name: str) -> Path | None:
@@ -78,34 +126,40 @@ def _idx_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _missing_message(tried: list[Path]) -> str:
-    files = ", ".join(f"{n}.gz" for n in MNIST_FILES[True] + MNIST_FILES[False])
+def _missing_message(spec: IdxDataset, tried: list[Path]) -> str:
+    files = ", ".join(f"{n}.gz" for n in IDX_FILES[True] + IDX_FILES[False])
     where = ", ".join(str(p) for p in tried) or "nowhere (no --data-dir and no $GENCNN_DATA)"
-    return (f"MNIST not found. Looked in: {where}. Put the four files ({files}) in a folder and pass "
+    return (f"{spec.name} not found. Looked in: {where}. Put the four files ({files}) in a folder and pass "
             f"--data-dir FOLDER or set GENCNN_DATA=FOLDER (for example GENCNN_DATA=../shared/data).")
 
 
-def load_mnist(data_dir: str | Path | None = None, train: bool = True, download: bool = True) -> TensorData:
-    """MNIST as uint8 (N, 1, 28, 28) tensors. Falls back to torchvision's download when the files are not found."""
-    try:
-        folder = find_mnist(data_dir)
-    except DataNotFoundError as missing:
-        if not download:
-            raise
-        root = Path(data_dir or os.environ.get("GENCNN_DATA") or "~/.cache/gencnn").expanduser()
-        try:
-            import torchvision
-
-            torchvision.datasets.MNIST(str(root), train=train, download=True)
-            folder = find_mnist(root)
-        except Exception as e:  # offline: report where we looked, not the network error alone
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataNotFoundError(f"{missing} (torchvision's download failed too: {first})") from None
-    img_name, lbl_name = MNIST_FILES[train]
-    images = _read_idx(_idx_file(folder, img_name))
-    labels = _read_idx(_idx_file(folder, lbl_name))
+def load_idx(name: str, data_dir: str | Path | None = None, train: bool = True) -> TensorData:
+    """An idx dataset (``mnist``, ``fashion-mnist``) as uint8 (N, 1, 28, 28) images and int64 labels."""
+    spec = _dataset(name)
+    folder = find_idx(name, data_dir)
+    img_name, lbl_name = IDX_FILES[train]
+    img_path, lbl_path = _idx_file(folder, img_name), _idx_file(folder, lbl_name)
+    images, labels = _read_idx(img_path), _read_idx(lbl_path)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DataError(f"{img_path} / {lbl_path}: expected images (N, H, W) and labels (N,), got shapes "
+                        f"{images.shape} and {labels.shape}")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{img_path} holds {images.shape[0]} images but {lbl_path} holds {labels.shape[0]} labels")
+    k = len(spec.class_names)
+    if labels.size and int(labels.max()) >= k:
+        raise DataError(f"{lbl_path} has label {int(labels.max())}; {name} has {k} classes (0-{k - 1})")
     return TensorData(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
-                      [str(i) for i in range(10)])
+                      list(spec.class_names))
+
+
+def load_mnist(data_dir: str | Path | None = None, train: bool = True) -> TensorData:
+    """MNIST as uint8 (N, 1, 28, 28) tensors from its idx files (nothing is downloaded)."""
+    return load_idx("mnist", data_dir, train)
+
+
+def dataset_mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of a dataset's training pixels in [0, 1] (the default input normalisation)."""
+    return IDX_DATASETS[name].mean_std if name in IDX_DATASETS else ((0.5,), (0.5,))
 
 
 def synthetic(n: int = 512, num_classes: int = 4, in_chans: int = 1, img_size: int = 16, seed: int = 0,
@@ -166,9 +220,10 @@ class DeviceLoader:
 
 def load_dataset(name: str, data_dir: str | Path | None, train: bool, in_chans: int = 1, img_size: int = 28,
                  num_classes: int | None = None, seed: int = 0) -> TensorData:
-    """The in-memory datasets by name: ``mnist`` or ``synthetic``. (``imagefolder`` streams; see ``folder_loader``.)"""
-    if name == "mnist":
-        data = load_mnist(data_dir, train=train)
+    """The in-memory datasets by name: ``mnist``, ``fashion-mnist`` or ``synthetic``. (``imagefolder`` streams; see
+    ``folder_loader``.)"""
+    if name in IDX_DATASETS:
+        data = load_idx(name, data_dir, train=train)
         if in_chans != 1:
             data = TensorData(data.images.expand(-1, in_chans, -1, -1).contiguous(), data.labels, data.class_names)
         if img_size != 28:
@@ -178,7 +233,7 @@ def load_dataset(name: str, data_dir: str | Path | None, train: bool, in_chans: 
     if name == "synthetic":
         return synthetic(n=512 if train else 256, num_classes=num_classes or 4, in_chans=in_chans,
                          img_size=img_size, seed=seed, train=train)
-    raise ValueError(f"unknown in-memory dataset {name!r}: use 'mnist', 'synthetic' or 'imagefolder'")
+    raise ValueError(f"unknown in-memory dataset {name!r}: use {', '.join(DATASETS)}")
 
 
 def folder_loader(root: str | Path, train: bool, img_size: int, mean, std, batch_size: int, workers: int,

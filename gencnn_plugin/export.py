@@ -265,7 +265,7 @@ def real_inputs(info: ModelInfo, data_dir: str | Path | None = None, n: int = 4)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
     if c == 1:
         with contextlib.suppress(DataNotFoundError, OSError):
-            x = load_mnist(data_dir, train=False, download=False).images[:n].float() / 255.0
+            x = load_mnist(data_dir, train=False).images[:n].float() / 255.0
             x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear") if (h, w) != x.shape[2:] else x
             return (x - mean) / std
     root = Path(data_dir or os.environ.get("GENCNN_DATA", "../shared/data")) / "images"

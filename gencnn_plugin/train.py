@@ -33,7 +33,7 @@ from .checkpoint import (
     save_train_state,
 )
 from .config import TrainConfig
-from .data import MNIST_MEAN_STD, DeviceLoader, folder_loader, load_dataset, normalizer
+from .data import DeviceLoader, dataset_mean_std, folder_loader, load_dataset, normalizer
 from .distributed import DistContext
 from .distributed import cleanup as dist_cleanup
 from .distributed import setup as dist_setup
@@ -84,7 +84,7 @@ def build_data(cfg: TrainConfig, device: torch.device, ctx: DistContext | None =
         in_chans, img_size, default_norm = cfg.in_chans or 3, cfg.img_size or 224, None
     else:
         in_chans = cfg.in_chans or 1
-        img_size = cfg.img_size or (28 if cfg.dataset == "mnist" else 16)
+        img_size = cfg.img_size or (16 if cfg.dataset == "synthetic" else 28)
         kw = dict(in_chans=in_chans, img_size=img_size, num_classes=cfg.num_classes, seed=cfg.seed)
         train_set = load_dataset(cfg.dataset, cfg.data_dir, train=True, **kw)
         test_set = load_dataset(cfg.dataset, cfg.data_dir, train=False, **kw)
@@ -92,7 +92,7 @@ def build_data(cfg: TrainConfig, device: torch.device, ctx: DistContext | None =
             train_set = dataclasses.replace(train_set, images=train_set.images[:cfg.train_subset],
                                             labels=train_set.labels[:cfg.train_subset])
         class_names = train_set.class_names
-        default_norm = MNIST_MEAN_STD if cfg.dataset == "mnist" else ((0.5,), (0.5,))
+        default_norm = dataset_mean_std(cfg.dataset)
     num_classes = cfg.num_classes or len(class_names)
     if cfg.dataset != "imagefolder":
         for split, data in (("train", train_set), ("test", test_set)):

@@ -7,7 +7,7 @@ import gzip
 import pytest
 import torch
 
-from gencnn_plugin.data import DataNotFoundError, DeviceLoader, find_mnist, load_mnist, normalizer, synthetic
+from gencnn_plugin.data import DataNotFoundError, DeviceLoader, find_mnist, load_idx, load_mnist, normalizer, synthetic
 
 
 def test_mnist_from_the_original_files(data_dir):
@@ -30,7 +30,7 @@ def test_truncated_idx_file(tmp_path):
         with gzip.open(tmp_path / f"{name}.gz", "wb") as f:
             f.write(bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28]) + b"\x00" * 100)
     with pytest.raises(ValueError, match="truncated"):
-        load_mnist(tmp_path, download=False)
+        load_mnist(tmp_path)
 
 
 def test_device_loader_covers_every_example_once_per_epoch():
@@ -46,3 +46,14 @@ def test_device_loader_covers_every_example_once_per_epoch():
     assert not all(torch.equal(a, b) for a, b in zip(first, [y for _, y in loader]))
     loader.set_epoch(0)
     assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in loader]))
+
+
+def test_fashion_mnist_from_its_idx_files(data_dir):
+    if not (data_dir / "fashion-mnist").is_dir():
+        pytest.skip("no Fashion-MNIST under the data folder")
+    train, test = load_idx("fashion-mnist", data_dir, train=True), load_idx("fashion-mnist", data_dir, train=False)
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(test.labels).tolist() == [1000] * 10  # balanced test set
+    assert train.class_names[0] == "T-shirt/top" and train.class_names[9] == "Ankle boot"
+    pixels = train.images.float() / 255  # the statistics recorded as its default normalisation
+    assert abs(pixels.mean() - 0.2860) < 1e-3 and abs(pixels.std() - 0.3530) < 1e-3
