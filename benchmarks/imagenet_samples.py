@@ -38,7 +38,7 @@ CLASSES = ["espresso", "tiger cat", "hourglass"]
 def load(name: str, weights_dir: Path):
     spec, file, kwargs, norm, mid = MODELS[name]
     mean, std = norm if norm else (None, None)
-    model, info = create_model(spec, weights_file=weights_dir / file, mean=mean, std=std, **kwargs)
+    model, info = create_model(spec, weights=weights_dir / file, mean=mean, std=std, **kwargs)
     return model.eval(), info, mid
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                           [f"{mid}:{c}" for c in (3, 10, 17)])):
             cfg = load_preset(preset, iters=args.iters, chains=args.chains, adapt_steps=args.adapt_steps)
             rec = run_one(model, info, nodes, cfg, REPO / "docs" / "images" / f"imagenet_{name}_{what}.png")
-            rec.update(model=info.spec, preset=preset, config=vars(cfg))
+            rec.update(model=info.model, preset=preset, config=vars(cfg))
             records.append(rec)
             print(f"{name} {what}: acceptance {rec['accept_rate']:.2f}, step {rec['final_step_size']:.3g}, "
                   f"{rec['seconds']:.0f} s -> {rec['grid']}", flush=True)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     lenet, info, meta = load_checkpoint(args.lenet)
     judge, judge_info, judge_meta = load_checkpoint(args.judge)
-    assert judge_info.spec != info.spec, "the judge must be another architecture"
+    assert judge_info.model != info.model, "the judge must be another architecture"
     cfg = load_preset(args.preset, chains=args.chains, seed=args.seed, sigma=args.sigma, step_size=args.step_size,
                       iters=args.iters)
     t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
     s = out.result.summary
     return {
         "preset": args.preset, "tag": tag, "config": vars(cfg), "lenet": str(args.lenet),
-        "lenet_test_error": meta.get("test_error"), "judge": judge_info.spec,
+        "lenet_test_error": meta.get("test_error"), "judge": judge_info.model,
         "judge_test_error": judge_meta.get("test_error"), "chains_per_digit": cfg.chains,
         "judge_agrees": float((judged == targets).float().mean()),
         "judge_agrees_clipped": float((judged_clip == targets).float().mean()),

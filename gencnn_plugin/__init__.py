@@ -1,26 +1,44 @@
 """gencnn: generative modeling of CNNs (Dai, Lu & Wu) for timm and torchvision classifiers.
 
 The public API: the generative loss (GG) and its ESS diagnostic, the GG/DG schedule, model specs, checkpoints, the
-trainer, node addressing, the HMC sampler and ONNX export.
+trainer, node addressing, the HMC sampler and ONNX export. Names are imported on first use (PEP 562), so
+``import gencnn_plugin.cli`` or ``gencnn --help`` does not load every module.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .checkpoint import load_checkpoint, open_model, read_metadata, save_checkpoint  # noqa: E402
-from .config import TrainConfig, load_config  # noqa: E402
-from .export import export_onnx, verify_onnx  # noqa: E402
-from .hmc import HMCConfig, HMCResult, hmc_sample  # noqa: E402
-from .losses import GenerativeLoss, generative_loss, importance_ess  # noqa: E402
-from .nodes import list_layers, node_score, parse_node  # noqa: E402
-from .schedule import GenerativeSchedule, LRPolicy  # noqa: E402
-from .specs import ModelInfo, create_model, list_specs  # noqa: E402
-from .train import evaluate, train  # noqa: E402
-from .visualize import load_preset, sample_node, save_grid, save_npz  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = [
-    "GenerativeLoss", "generative_loss", "importance_ess", "GenerativeSchedule", "LRPolicy", "ModelInfo",
-    "create_model", "list_specs", "load_checkpoint", "save_checkpoint", "read_metadata", "TrainConfig",
-    "load_config", "train", "evaluate", "open_model", "HMCConfig", "HMCResult", "hmc_sample", "list_layers",
-    "node_score", "parse_node", "load_preset", "sample_node", "save_grid", "save_npz", "export_onnx",
-    "verify_onnx", "__version__",
-]
+from ._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "load_checkpoint": "checkpoint", "open_model": "checkpoint", "read_metadata": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "TrainConfig": "config", "load_config": "config",
+    "export_onnx": "export", "verify_onnx": "export",
+    "HMCConfig": "hmc", "HMCResult": "hmc", "hmc_sample": "hmc",
+    "GenerativeLoss": "losses", "generative_loss": "losses", "importance_ess": "losses",
+    "Node": "nodes", "list_layers": "nodes", "node_score": "nodes", "parse_node": "nodes",
+    "GenerativeSchedule": "schedule", "LRPolicy": "schedule",
+    "ModelInfo": "specs", "create_model": "specs", "list_specs": "specs",
+    "evaluate": "trainer", "train": "trainer",
+    "load_preset": "visualize", "sample_node": "visualize", "save_grid": "visualize", "save_npz": "visualize",
+    "sample_command": "visualize",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gencnn_plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,17 +1,16 @@
 """Checkpoints: one ``.safetensors`` file = weights + metadata (ModelInfo, training mode and epoch, provenance).
 
-Every later command needs only this file. Training state for ``--resume`` (optimizer, schedule, counters, RNG)
-lives beside it as ``train_state.pt``, read with ``torch.load(weights_only=True)``. All writes are atomic: a
-temporary file in the same folder, fsync, then ``os.replace``, so a crash leaves the previous file intact.
+Every later command needs only this file. Its metadata is data, never arguments: it is read through a fixed schema
+(:meth:`ModelInfo.from_dict`: types, ranges, sizes, and an allow-list of architecture options), and nothing in it
+can name a file to load, grant trust or ask for a download. Training state for ``--resume`` (optimizer, schedule,
+counters) lives beside it as ``train_state.pt``, read with ``torch.load(weights_only=True)``. All writes are atomic
+(:mod:`gencnn_plugin.files`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from .specs import ModelInfo, WeightsError, create_model, load_pickled, load_state_dict_checked
+from .files import atomic_path
+from .specs import MetadataError, ModelInfo, WeightsError, create_model, load_pickled, load_state_dict_checked
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_metadata", "save_train_state", "load_train_state",
            "atomic_path", "resolve_checkpoint", "CheckpointError", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ModelInfo's "spec" is called "model" (format 1 files are read too)
+MAX_METADATA = 16 << 20  # bytes of JSON; class names of a 100k-class model fit easily
 METADATA_KEY = "gencnn"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 TRAIN_STATE_NAME = "train_state.pt"
@@ -35,26 +36,15 @@ class CheckpointError(ValueError):
     """A file that is not a readable gencnn checkpoint."""
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on failure it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, **extra: Any) -> Path:
-    """Write weights and metadata atomically. ``extra`` (mode, epoch, dataset, config, ...) must be JSON-able."""
+    """Write weights and metadata atomically. ``extra`` (mode, epoch, dataset, config, ...) must be JSON-able.
+
+    The model description is validated first, so a checkpoint we write is always one we can read back.
+    """
+    try:
+        ModelInfo.from_dict(info.to_dict())
+    except MetadataError as e:
+        raise CheckpointError(f"cannot save {path}: {e}") from None
     meta = {"format_version": FORMAT_VERSION, "model": info.to_dict(), "torch": torch.__version__, **extra}
     with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
@@ -89,15 +79,27 @@ def read_metadata(path: str | Path) -> dict:
     if raw is None:
         raise CheckpointError(f"{path} has no gencnn metadata: name its model and pass the file as weights "
                               f"(SPEC --weights {path.name}, e.g. tv:squeezenet1_1 --weights {path.name})")
-    return json.loads(raw)
+    if len(raw) > MAX_METADATA:
+        raise CheckpointError(f"{path}: its metadata is {len(raw)} bytes, more than a checkpoint's ({MAX_METADATA})")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: its gencnn metadata is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{path}: its gencnn metadata has no model description")
+    return meta
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo, dict]:
     """Rebuild the model from the metadata and load its weights. Returns (model in eval mode, info, metadata)."""
     path = resolve_checkpoint(path)
     meta = read_metadata(path)
-    info = ModelInfo.from_dict(meta["model"])
-    model, _ = create_model(info.spec, num_classes=info.num_classes, in_chans=info.in_chans,
+    try:
+        info = ModelInfo.from_dict(meta["model"])
+    except MetadataError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    # only the validated description reaches the constructor: no weights file, trust or download from a file
+    model, _ = create_model(info.model, num_classes=info.num_classes, in_chans=info.in_chans,
                             img_size=info.input_size[-1], mean=info.mean, std=info.std,
                             class_names=info.class_names, **info.kwargs)
     try:
@@ -126,19 +128,27 @@ def load_train_state(path: str | Path) -> dict:
         raise CheckpointError(str(e)) from None
 
 
-def open_model(source: str | Path, weights_file: str | Path | None = None, device: str | torch.device = "cpu",
+def open_model(source: str | Path, weights: str | Path | None = None, device: str | torch.device = "cpu",
+               trust_pickle: bool = False, weights_file: str | Path | None = None,
                **spec_kwargs: Any) -> tuple[nn.Module, ModelInfo]:
-    """A checkpoint file or run folder, or a model spec (optionally with a local ``weights_file``), in eval mode.
+    """A checkpoint file or run folder, or a model spec (optionally with a local ``weights`` file), in eval mode.
 
-    ``spec_kwargs`` (num_classes, mean, std, constructor arguments such as pad_type) apply to specs only.
+    ``spec_kwargs`` (num_classes, mean, std, architecture options such as pad_type) and ``trust_pickle`` apply to
+    specs only; a checkpoint describes itself. ``weights_file`` is the deprecated name of ``weights``.
     """
+    if weights_file is not None:
+        warnings.warn("open_model(weights_file=...) is deprecated; use weights=", DeprecationWarning, stacklevel=2)
+        weights = weights if weights is not None else weights_file
     path = Path(source)
-    if path.exists():
-        if weights_file is not None:
+    if str(source).strip() and path.exists():
+        if weights is not None:
             raise CheckpointError(f"{source} is a checkpoint; --weights applies to a model spec")
+        if spec_kwargs:
+            raise CheckpointError(f"{source} is a checkpoint, which describes its model itself; "
+                                  f"{', '.join(sorted(spec_kwargs))} apply to a model spec")
         model, info, _ = load_checkpoint(path, device)
         return model, info
-    if str(source).endswith((".safetensors", ".pt", ".pth")) or "/" in str(source):
-        raise CheckpointError(f"{source}: no such file")
-    model, info = create_model(str(source), weights_file=weights_file, **spec_kwargs)
+    if str(source).endswith((".safetensors", ".pt", ".pth")) or "/" in str(source) or not str(source).strip():
+        raise CheckpointError(f"{source!r}: no such file" if not str(source).strip() else f"{source}: no such file")
+    model, info = create_model(str(source), weights=weights, trust_pickle=trust_pickle, **spec_kwargs)
     return model.to(device).eval(), info

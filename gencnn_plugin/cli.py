@@ -1,71 +1,79 @@
 """``gencnn``: argparse subcommands over the Python API (train, eval, models, nodes, sample, export). No logic here.
 
-Errors a user can fix print one line and exit with status 2; ``--debug`` shows the traceback instead.
+Flags of settings are generated from their dataclasses (:class:`TrainConfig`, :class:`HMCConfig`). Errors a user can
+fix print one line and exit with status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
-__all__ = ["main", "build_parser", "sample_command"]
+from .config import HMC_PRESET_DIR, ConfigError, TrainConfig, list_configs
+from .hmc import HMCConfig
+from .settings import add_flags, given
+
+__all__ = ["main", "build_parser"]
+
+MODEL_HELP = "checkpoint (.safetensors or run folder) or model spec (lenet, timm:NAME, tv:NAME)"
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-def _add_train(sub) -> None:
-    from .config import list_configs
+def _common(p: argparse.ArgumentParser, quiet: bool = True) -> None:
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: $GENCNN_THREADS, else torch's choice)")
+    if quiet:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help="train a classifier with DG, GG, GG+DG or auto", formatter_class=_Formatter,
         description="Train from a recipe (a name in zoo_configs/ or a YAML path); flags override the recipe.",
         epilog=f"recipes: {', '.join(list_configs())}\n"
                "example: gencnn train lenet_mnist --mode gg+dg --data-dir ../shared/data")
     p.add_argument("config", nargs="?", help="recipe name or YAML path (optional with --resume: the run's own)")
-    o = p.add_argument_group("overrides (default: the recipe's value)")
-    o.add_argument("--model", help="model spec: lenet, timm:<name>, tv:<name>")
-    o.add_argument("--mode", choices=["dg", "gg", "gg+dg", "auto"])
-    o.add_argument("--epochs", type=int)
-    o.add_argument("--batch-size", type=int)
-    o.add_argument("--lr", type=float, help="base learning rate")
-    o.add_argument("--lr-policy", choices=["inv", "step", "cosine", "fixed"])
-    o.add_argument("--momentum", type=float)
-    o.add_argument("--weight-decay", type=float)
-    o.add_argument("--switch-epoch", type=int, help="gg+dg: number of GG epochs")
-    o.add_argument("--switch-lr", type=float, help="base LR of the DG phase")
-    o.add_argument("--ess-threshold", type=float, help="auto: switch to DG below this mean normalised ESS")
-    o.add_argument("--dataset", choices=["mnist", "fashion-mnist", "imagefolder", "synthetic"])
-    o.add_argument("--data-dir", help="dataset folder (default: $GENCNN_DATA)")
-    o.add_argument("--train-subset", type=int, help="train on the first N images only")
-    o.add_argument("--num-classes", type=int)
-    o.add_argument("--in-chans", type=int)
-    o.add_argument("--img-size", type=int)
-    o.add_argument("--weights-file", help="local weights to start from")
-    o.add_argument("--trust-pickle", action="store_true", default=None,
-                   help="unpickle --weights-file fully: only for files you trust (it can run code)")
-    o.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    o.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    o.add_argument("--seed", type=int)
-    o.add_argument("--out", help="run folder (default: runs/<name>-<mode>-s<seed>-<time>)")
-    o.add_argument("--resume", help="run folder (or its train_state.pt) to continue")
-    o.add_argument("--nproc", type=int, help="train with DDP in this many processes on this machine (torchrun)")
+    o = p.add_argument_group("settings (default: the recipe's value)")
+    add_flags(o, TrainConfig)
+    o.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture option for the model constructor, value parsed as YAML (e.g. drop_rate=0.1)")
     o.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config key, value parsed as YAML (repeatable)")
+                   help="any config key, value parsed as YAML (repeatable; null sets None)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle a .pt/.pth --weights file fully: only for files you trust (it can run code)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in the --out folder")
+    p.add_argument("--nproc", type=int, help="train with DDP in this many processes on this machine (torchrun)")
+    _common(p)
     p.set_defaults(func=_cmd_train)
 
 
+def _key_values(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ConfigError(f"{flag} {key.strip()}: the value is not valid YAML "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return out
+
+
 def _cmd_train(args) -> int:
-    import os
+    from .config import load_config
+    from .trainer import train
 
-    from .config import ConfigError, load_config
-    from .train import train
-
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:  # relaunch ourselves under torchrun
         import subprocess
 
@@ -77,69 +85,119 @@ def _cmd_train(args) -> int:
             argv.append(a)
         return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                 f"--nproc_per_node={args.nproc}", "-m", "gencnn_plugin", *argv])
-    keys = ["model", "mode", "epochs", "batch_size", "lr", "lr_policy", "momentum", "weight_decay", "switch_epoch",
-            "switch_lr", "ess_threshold", "dataset", "data_dir", "train_subset", "num_classes", "in_chans",
-            "img_size", "weights_file", "trust_pickle", "device", "amp", "seed", "out", "resume"]
-    overrides = {k: getattr(args, k) for k in keys}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    explicit = _key_values(args.set, "--set")
+    if args.model_arg:
+        explicit["model_kwargs"] = {**explicit.get("model_kwargs", {}), **_key_values(args.model_arg, "--model-arg")}
     config = args.config
     if config is None:
         if not args.resume:
             raise ConfigError("give a recipe (e.g. lenet_mnist) or --resume RUN")
         run = Path(args.resume)
         config = (run.parent if run.is_file() else run) / "config.yaml"
-    cfg = load_config(config, overrides)
-    train(cfg)
+        if not config.is_file():
+            raise ConfigError(f"--resume {args.resume}: no run there ({config} does not exist)")
+    cfg = load_config(config, given(args, TrainConfig), explicit=explicit)
+    if cfg.mode == "gg+dg" and "epochs" in given(args, TrainConfig) and cfg.switch_epoch > cfg.epochs:
+        raise ConfigError(f"--epochs {cfg.epochs} ends before the switch to DG after {cfg.switch_epoch} GG epochs; "
+                          "also lower --switch-epoch")
+    _threads(args)
+    summary = train(cfg, log=(lambda m: None) if args.quiet else _print, trust_pickle=args.trust_pickle,
+                    overwrite=args.overwrite, quiet=args.quiet)
+    if args.quiet and summary.get("test_error") is not None:
+        print(f"done: test error {100 * summary['test_error']:.2f}% after {cfg.epochs} epochs ({cfg.mode}); "
+              f"{summary['run_dir']}")
     return 0
 
 
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _threads(args) -> None:
+    from .runtime import set_threads
+
+    set_threads(getattr(args, "threads", None))
+
+
+def _add_model_source(p, spec_options: bool = True) -> None:
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--weights", metavar="FILE", help="local weights for a model spec (safetensors or a weights-only "
+                                                     "state dict)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle a .pt/.pth weights file fully: only for files you trust (it can run code)")
+    if spec_options:
+        p.add_argument("--num-classes", type=int, help="for a model spec")
+        p.add_argument("--mean", type=float, nargs="+", help="input mean for a model spec (default: the model's)")
+        p.add_argument("--std", type=float, nargs="+", help="input std for a model spec")
+        p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="architecture option for a model spec, value parsed as YAML (e.g. pad_type=same)")
+
+
+def _open(args, device="cpu"):
+    """The model and its info for a MODEL argument; warns when a spec runs with random weights."""
+    from .checkpoint import open_model
+
+    kwargs = _key_values(getattr(args, "model_arg", []), "--model-arg")
+    if getattr(args, "num_classes", None) is not None:
+        kwargs["num_classes"] = args.num_classes
+    if getattr(args, "mean", None):
+        kwargs["mean"] = tuple(args.mean)
+    if getattr(args, "std", None):
+        kwargs["std"] = tuple(args.std)
+    if args.trust_pickle:
+        kwargs["trust_pickle"] = True
+    model, info = open_model(args.model, weights=args.weights, device=device, **kwargs)
+    if args.weights is None and not Path(args.model).exists():
+        args.notes.append(f"{info.model} has no trained weights here (random initialisation); pass --weights FILE "
+                          "or a checkpoint")
+    return model, info
+
+
 def _add_eval(sub) -> None:
+    from .data import DATASETS
+
     p = sub.add_parser("eval", help="test error of a checkpoint", formatter_class=_Formatter,
                        description="Evaluate a checkpoint (or run folder) on the test split of its dataset.")
-    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder, or a model spec with --weights")
-    _add_weights(p)
-    p.add_argument("--dataset", help="override the dataset recorded in the checkpoint")
+    _add_model_source(p, spec_options=False)
+    p.add_argument("--dataset", choices=DATASETS, help="override the dataset recorded in the checkpoint")
     p.add_argument("--data-dir", help="dataset folder (default: $GENCNN_DATA)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=1000, help="(default: 1000)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _common(p, quiet=False)
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args) -> int:
-    from .checkpoint import load_checkpoint, open_model, resolve_checkpoint
-    from .data import DeviceLoader, folder_loader, load_dataset, normalizer
-    from .train import evaluate, resolve_device
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .data import make_loader
+    from .runtime import resolve_device
+    from .trainer import evaluate
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _threads(args)
     device = resolve_device(args.device)
-    if args.weights is None:
-        path = resolve_checkpoint(args.checkpoint)
+    if args.weights is None and Path(args.model).exists():
+        path = resolve_checkpoint(args.model)
         model, info, meta = load_checkpoint(path, device)
     else:  # a spec and its weights: no metadata, so the dataset is --dataset (default mnist)
-        path = args.checkpoint
-        model, info = open_model(args.checkpoint, weights_file=args.weights, device=device,
-                                 **({"trust_pickle": True} if args.trust_pickle else {}))
+        path = args.model
+        model, info = _open(args, device)
         meta = {}
     dataset = args.dataset or meta.get("dataset", "mnist")
-    seed = (meta.get("config") or {}).get("seed", 0)
-    if dataset == "imagefolder":
-        data_dir = args.data_dir or (meta.get("config") or {}).get("data_dir")
-        loader, _ = folder_loader(data_dir, False, info.input_size[-1], info.mean, info.std, args.batch_size, 2)
-    else:
-        data = load_dataset(dataset, args.data_dir, train=False, in_chans=info.in_chans,
-                            img_size=info.input_size[-1], num_classes=info.num_classes, seed=seed)
-        loader = DeviceLoader(data.to(device), args.batch_size, normalizer(info.mean, info.std, device), False)
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    data_dir = args.data_dir or (config.get("data_dir") if dataset == "imagefolder" else None)
+    loader = make_loader(dataset, data_dir, "test", info.input_size, info.mean, info.std, device, args.batch_size,
+                         num_classes=info.num_classes, seed=int(config.get("seed", 0) or 0), workers=2,
+                         classes=info.class_names if dataset == "imagefolder" else None)
     result = evaluate(model, loader, device)
-    out = {"checkpoint": str(path), "model": info.spec, "dataset": dataset, "mode": meta.get("mode"),
+    out = {"checkpoint": str(path), "model": info.model, "dataset": dataset, "mode": meta.get("mode"),
            "epoch": meta.get("epoch"), "test_error": result["error"], "test_loss": result["loss"], "n": result["n"]}
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{path}: {info.spec} ({out['mode']}, epoch {out['epoch']}) on {dataset} test ({result['n']} images): "
+        print(f"{path}: {info.model} ({out['mode']}, epoch {out['epoch']}) on {dataset} test ({result['n']} images): "
               f"error {100 * result['error']:.2f}%, loss {result['loss']:.4f}")
     return 0
 
@@ -147,72 +205,45 @@ def _cmd_eval(args) -> int:
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list model specs", formatter_class=_Formatter,
                        description="List the model specs create_model accepts (aliases, timm:<name>, tv:<name>).")
-    p.add_argument("pattern", nargs="?", default="*", help="glob on the model name, e.g. '*resnet*'")
+    p.add_argument("pattern", nargs="?", default="*", help="glob on the model name, e.g. '*resnet*' (default: all)")
     p.set_defaults(func=_cmd_models)
 
 
 def _cmd_models(args) -> int:
     from .specs import list_specs
 
-    print("\n".join(list_specs(args.pattern)))
+    specs = list_specs(args.pattern)
+    if not specs:
+        print(f"gencnn models: no model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    print("\n".join(specs))
     return 0
-
-
-def _add_weights(p) -> None:
-    p.add_argument("--weights", help="local weights for a model spec (safetensors or a weights-only state dict)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="unpickle a .pt/.pth weights file fully: only for files you trust (it can run code)")
-
-
-def _add_source(p) -> None:
-    p.add_argument("source", help="checkpoint (.safetensors or run folder) or model spec (lenet, timm:NAME, tv:NAME)")
-    _add_weights(p)
-    p.add_argument("--num-classes", type=int, help="for a model spec")
-    p.add_argument("--mean", type=float, nargs="+", help="input mean for a model spec (default: the model's)")
-    p.add_argument("--std", type=float, nargs="+", help="input std for a model spec")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="constructor argument for a model spec, value parsed as YAML (e.g. pad_type=same)")
-
-
-def _open(args, device="cpu"):
-    from .checkpoint import open_model
-    from .config import ConfigError
-
-    kwargs = {}
-    for item in args.model_arg:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        kwargs[key.strip()] = yaml.safe_load(value)
-    if args.num_classes:
-        kwargs["num_classes"] = args.num_classes
-    if args.mean:
-        kwargs["mean"] = tuple(args.mean)
-    if args.std:
-        kwargs["std"] = tuple(args.std)
-    if args.trust_pickle:
-        kwargs["trust_pickle"] = True
-    return open_model(args.source, weights_file=args.weights, device=device, **kwargs)
 
 
 def _add_nodes(sub) -> None:
     p = sub.add_parser("nodes", help="list the layers and nodes that can be sampled", formatter_class=_Formatter,
                        description="List every addressable layer: module path, type, output shape, node count.")
-    _add_source(p)
+    _add_model_source(p)
     p.add_argument("--classes", action="store_true", help="print every class name of the output layer")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _common(p, quiet=False)
     p.set_defaults(func=_cmd_nodes)
+
+
+def _fmt(values) -> str:
+    return ", ".join(f"{v:.4g}" for v in values)
 
 
 def _cmd_nodes(args) -> int:
     from .nodes import list_layers
 
+    _threads(args)
     model, info = _open(args)
     layers = list_layers(model, info)
     if args.json:
         print(json.dumps({"model": info.to_dict(), "layers": [vars(li) for li in layers]}))
         return 0
-    print(f"{info.spec}: input {'x'.join(map(str, info.input_size))}, mean {info.mean}, std {info.std}, "
+    print(f"{info.model}: input {'x'.join(map(str, info.input_size))}, mean {_fmt(info.mean)}, std {_fmt(info.std)}, "
           f"{info.num_classes} classes")
     width = max(len(li.name) for li in layers)
     print(f"{'layer'.ljust(width)}  {'type':<22} {'output shape':<18} nodes")
@@ -230,86 +261,92 @@ def _cmd_nodes(args) -> int:
 
 
 def _add_sample(sub) -> None:
-    from .config import HMC_PRESET_DIR, list_configs
-
     p = sub.add_parser(
         "sample", help="draw images of a node by HMC", formatter_class=_Formatter,
-        description="Sample p_y(x) ~ exp(f_y(x)) N(x; 0, sigma^2 I) for a node y by Hamiltonian Monte Carlo "
-                    "(paper section 3.4) and write an image grid.",
+        description="Sample p_y(x) ~ exp(f_y(x)) q(x) for a node y by Hamiltonian Monte Carlo (paper section 3.4) "
+                    "and write an image grid.",
         epilog=f"presets: {', '.join(list_configs(HMC_PRESET_DIR))}\n"
                "example: gencnn sample runs/lenet --node logits:3 --chains 16 --out three.png")
-    _add_source(p)
+    _add_model_source(p)
     p.add_argument("--node", action="append", required=True,
                    help="node string (repeat for several nodes of one layer: one grid row group each)")
-    p.add_argument("--preset", default="lenet", help="HMC preset name or YAML path")
+    p.add_argument("--preset", help="HMC preset name or YAML path (default: the one that suits the model's input)")
     h = p.add_argument_group("sampler (default: the preset's value)")
-    h.add_argument("--chains", type=int, help="chains per node")
-    h.add_argument("--iters", type=int, help="HMC iterations")
-    h.add_argument("--leapfrog-steps", type=int)
-    h.add_argument("--step-size", type=float)
-    h.add_argument("--mass", type=float)
-    h.add_argument("--sigma", type=float, help="std of the Gaussian reference q")
-    h.add_argument("--seed", type=int)
-    h.add_argument("--adapt-steps", type=int, help="dual-averaging warm-up iterations (0: off)")
-    h.add_argument("--mala", action="store_true", default=None, help="Langevin: one leapfrog step per iteration")
-    h.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="auto")
+    add_flags(h, HMCConfig, help_suffix=" in HMCConfig; presets set their own")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--devices", help="split the chains over these devices, comma-separated (e.g. cuda:0,cuda:1); "
                                      "the samples equal a one-device run's")
-    p.add_argument("--out", default="samples.png", help="PNG grid")
+    p.add_argument("--out", default="samples.png", help="PNG grid (default: samples.png)")
     p.add_argument("--npz", help="also write samples, pixels and per-iteration diagnostics here")
     p.add_argument("--nrow", type=int, help="images per grid row (default: chains per node)")
     p.add_argument("--display", choices=["range", "clip"], default="range",
-                   help="grid images: each rescaled to its own range, or de-normalised pixels clipped to [0, 1]")
-    p.add_argument("--min-size", type=int, default=56, help="upscale small images to at least this many pixels")
+                   help="grid images: each rescaled to its own range, or de-normalised pixels clipped to [0, 1] "
+                        "(default: range)")
+    p.add_argument("--min-size", type=int, default=56, help="upscale small images to at least this many pixels "
+                                                            "(default: 56)")
+    _common(p)
     p.set_defaults(func=_cmd_sample)
 
 
-def sample_command(source: str, node: str, config, device: str = "auto", weights: str | None = None,
-                   out: str = "samples.png", npz: str | None = "samples.npz") -> str:
-    """The ``gencnn sample`` command line that repeats a run with these settings (the GUI copies it)."""
-    import shlex
-
-    argv = ["gencnn", "sample", str(source)] + (["--weights", str(weights)] if weights else [])
-    argv += ["--node", node, "--chains", str(config.chains), "--iters", str(config.iters), "--leapfrog-steps",
-             str(config.leapfrog_steps), "--step-size", f"{config.step_size:g}", "--mass", f"{config.mass:g}",
-             "--sigma", f"{config.sigma:g}", "--seed", str(config.seed), "--adapt-steps", str(config.adapt_steps),
-             "--precision", config.precision, "--device", device, "--out", out]
-    argv += (["--mala"] if config.mala else []) + (["--npz", npz] if npz else [])
-    return shlex.join(argv)
-
-
 def _cmd_sample(args) -> int:
-    from .train import resolve_device
-    from .visualize import load_preset, sample_node, save_grid, save_npz
+    from .files import check_output_path
+    from .runtime import resolve_device
+    from .visualize import default_preset, load_preset, sample_node, save_grid, save_npz
 
-    keys = ["chains", "iters", "leapfrog_steps", "step_size", "mass", "sigma", "seed", "adapt_steps", "mala",
-            "precision"]
-    config = load_preset(args.preset, **{k: getattr(args, k) for k in keys})
+    if args.nrow is not None and args.nrow < 1:
+        raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
+    if not 0 <= args.min_size <= 4096:
+        raise ConfigError(f"--min-size must be in [0, 4096], got {args.min_size}")
+    for out in [args.out] + ([args.npz] if args.npz else []):
+        check_output_path(out)
+    _threads(args)
     device = resolve_device(args.device)
-    model, info = _open(args, device)
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
     for d in devices or []:
         resolve_device(d)  # a device that does not exist is an error before anything runs
-    run = sample_node(model, info, args.node, config, device, devices=devices)
+    model, info = _open(args, device)
+    preset = args.preset or default_preset(info)
+    config = load_preset(preset, **given(args, HMCConfig))
+    run = sample_node(model, info, args.node, config, device, devices=devices,
+                      callback=None if args.quiet or devices else _sample_progress(config, len(args.node)))
     s = run.result.summary
     save_grid(run.result.x, info, args.out, nrow=args.nrow or run.config.chains, min_size=args.min_size,
               display=args.display)
     if args.npz:
         save_npz(run, args.npz)
-    print(f"{info.spec} {', '.join(run.nodes)}: {s['chains']} chains x {s['iters']} iterations x "
-          f"{config.leapfrog_steps if not config.mala else 1} leapfrog steps on {device}")
+    print(f"{info.model} {', '.join(run.nodes)}: {s['chains']} chains x {s['iters']} iterations x "
+          f"{config.trajectory_steps} leapfrog steps on {device} (preset {preset})")
     print(f"acceptance {s['accept_rate']:.3f}, mean |energy error| {s['mean_abs_energy_error']:.3g}, "
           f"final f_y {s['final_score_mean']:.3f}, ESS(f_y) {s['ess_score']:.1f}, R-hat {s['rhat_score']:.3f}")
     print(f"{s['seconds']:.2f} s, {s['grad_evals_per_second']:.0f} gradient evaluations/s; wrote {args.out}"
           f"{' and ' + args.npz if args.npz else ''}")
-    for note in run.warnings:
-        print(f"gencnn sample: warning: {note}", file=sys.stderr)
+    args.notes.extend(run.warnings)
     return 0
 
 
+def _sample_progress(config: HMCConfig, nodes: int):
+    """An HMC callback that shows iterations, acceptance and time left (numbers read only when shown)."""
+    from .progress import Progress
+
+    progress = Progress(config.iters, f"sampling {nodes * config.chains} chains", "iters")
+    accepted = []
+
+    def on_step(step) -> None:
+        accepted.append(step.accepted)
+        done = step.iteration + 1
+        if progress.due() or done == config.iters:
+            import torch
+
+            rate = float(torch.stack(accepted[-20:]).float().mean())
+            progress.update(done, accept=rate)
+        if done == config.iters:
+            progress.close()
+
+    return on_step
+
+
 def _add_export(sub) -> None:
-    from .export import DEFAULT_EXPORTER, EXPORTERS
+    from .export import DEFAULT_EXPORTER, EXPORT_PRECISIONS, EXPORTERS
 
     p = sub.add_parser(
         "export", help="export a classifier or a node's score to ONNX, checked in ONNX Runtime",
@@ -320,35 +357,54 @@ def _add_export(sub) -> None:
                     "--atol.",
         epilog="examples:\n  gencnn export runs/lenet/checkpoint.safetensors --out lenet.onnx\n"
                "  gencnn export runs/lenet --node conv2:7 --out conv2_7.onnx\n"
-               "  gencnn export tv:squeezenet1_1 --weights squeezenet1_1.safetensors --out squeezenet.onnx")
-    _add_source(p)
+               "  gencnn export tv:squeezenet1_1 --weights ../shared/weights/squeezenet1_1_imagenet.safetensors "
+               "--out squeezenet.onnx")
+    _add_model_source(p)
     p.add_argument("--out", required=True, help="the .onnx file to write (replaced atomically)")
     p.add_argument("--node", help="export this node's score function (same syntax as gencnn sample)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18; dynamo writes >= 18)")
     p.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
-                   help="TorchScript-based (legacy) or torch.export-based (dynamo, needs onnxscript)")
-    p.add_argument("--fp16", action="store_true", help="float16 weights and input (for CUDA deployment)")
+                   help=f"TorchScript-based (legacy) or torch.export-based (dynamo, needs onnxscript) "
+                        f"(default: {DEFAULT_EXPORTER})")
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
+                   help="weights and input in float32, or float16 for CUDA deployment (default: fp32)")
+    p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help=argparse.SUPPRESS)
     p.add_argument("--external-data", action="store_true",
                    help="keep the weights in OUT.data beside OUT (automatic above protobuf's 2 GiB limit)")
-    p.add_argument("--device", default="cpu", help="where PyTorch runs during export and the parity check")
+    p.add_argument("--device", default="cpu", help="where PyTorch runs during export and the parity check "
+                                                   "(default: cpu)")
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (cpu, cuda or full names); "
                                        "default: CUDA when available, else CPU")
-    p.add_argument("--atol", type=float, help="largest allowed |onnx - torch| (default 1e-4; 1e-2 with --fp16)")
-    p.add_argument("--batch", type=int, default=4, help="the batch size > 1 of the parity check")
+    p.add_argument("--atol", type=float, help="largest allowed |onnx - torch| (default 1e-4; 1e-2 with fp16)")
+    p.add_argument("--batch", type=int, default=4, help="the batch size > 1 of the parity check (default: 4)")
     p.add_argument("--data-dir", help="real inputs: MNIST or DATA_DIR/images (default $GENCNN_DATA)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime parity check")
+    _common(p, quiet=False)
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
-    from .export import export_onnx, real_inputs, verify_onnx
+    import math
 
-    model, info = _open(args, args.device)
-    result = export_onnx(model, args.out, info=info, node=args.node, provenance_of=args.source, opset=args.opset,
-                         exporter=args.exporter, fp16=args.fp16, device=args.device,
-                         external_data=args.external_data or None)
+    from .export import export_onnx, real_inputs, verify_onnx
+    from .files import check_output_path
+    from .runtime import resolve_device
+
+    if "--fp16" in args.argv:
+        print("gencnn export: warning: --fp16 is deprecated; use --precision fp16", file=sys.stderr)
+    if not 1 <= args.batch <= 4096:
+        raise ConfigError(f"--batch must be in [1, 4096], got {args.batch}")
+    if args.atol is not None and not (math.isfinite(args.atol) and args.atol >= 0):
+        raise ConfigError(f"--atol must be a finite number >= 0, got {args.atol}")
+    check_output_path(args.out)
+    _threads(args)
+    device = resolve_device(args.device)
+    model, info = _open(args, device)
+    result = export_onnx(model, args.out, info=info, node=args.node, opset=args.opset, exporter=args.exporter,
+                         precision=args.precision, device=device, external_data=args.external_data or None,
+                         provenance_of=args.model if Path(args.model).exists() else None)
     data = f" + {result.data_path}" if result.data_path else ""
-    print(f"wrote {result.path}{data}: {info.spec}{' node ' + args.node if args.node else ''} -> "
+    print(f"wrote {result.path}{data}: {info.model}{' node ' + args.node if args.node else ''} -> "
           f"'{result.output}', opset {result.opset}, {result.exporter} exporter, {result.seconds:.2f} s")
     for w in result.warnings:
         print(f"  tracer warning: {w}")
@@ -361,7 +417,7 @@ def _cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="gencnn", formatter_class=_Formatter,
@@ -378,32 +434,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.debug:
-        return args.func(args)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataNotFoundError
-    from .export import ExportError
-    from .nodes import NodeError
-    from .specs import UnknownModelError
-    from .train import NonFiniteLossError, TrainingInterrupted
+def _one_line(e: BaseException) -> str:
+    """The informative line of an error: a DataLoader worker's re-raised error carries the worker's traceback."""
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if "Traceback" in text:
+        return lines[-1].split(": ", 1)[-1] if ": " in lines[-1] else lines[-1]
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
+    return lines[0]
 
+
+def _finish(args, code: int) -> int:
+    for note in args.notes:
+        print(f"gencnn {args.command}: warning: {note}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # deprecations and notes: shown once the command is done
+        warnings.simplefilter("always", FutureWarning)
+        warnings.simplefilter("always", UserWarning)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        args.notes = []  # warnings, printed after the command succeeded (an error stays one line)
+        if args.debug:
+            code = args.func(args)
+        else:
+            code = _run(args)
+    if code in (0, 1):
+        seen = set()
+        for w in caught:
+            text = str(w.message)
+            if issubclass(w.category, (FutureWarning, UserWarning)) and text not in seen:
+                seen.add(text)
+                args.notes.insert(0, text)
+        _finish(args, code)
+    return code
+
+
+def _run(args) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError, DataNotFoundError
+    from .export import ExportError
+    from .files import OutputPathError
+    from .nodes import NodeError
+    from .specs import MetadataError, UnknownModelError, WeightsError
+    from .trainer import NonFiniteLossError, TrainingInterrupted
+
+    user_errors = (ConfigError, CheckpointError, DataNotFoundError, DataError, UnknownModelError, NodeError,
+                   NonFiniteLossError, ExportError, MemoryError, ValueError, OSError, WeightsError, MetadataError,
+                   OutputPathError)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, DataNotFoundError, UnknownModelError, NodeError, NonFiniteLossError,
-            ExportError, MemoryError, ValueError, FileNotFoundError, IsADirectoryError) as e:
-        print(f"gencnn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # e.g. `gencnn models | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except TrainingInterrupted as e:
         print(f"gencnn {args.command}: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"gencnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except user_errors as e:
+        print(f"gencnn {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug of ours: one line too, and the way to see more
+        print(f"gencnn {args.command}: internal error: {type(e).__name__}: {_one_line(e)} (--debug shows the "
+              "traceback; please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import torch
 
 __all__ = ["TensorData", "IdxDataset", "IDX_DATASETS", "DATASETS", "load_idx", "find_idx", "load_mnist",
            "find_mnist", "synthetic", "DeviceLoader", "normalizer", "load_dataset", "MNIST_MEAN_STD",
-           "DataNotFoundError", "DataError", "dataset_mean_std"]
+           "DataNotFoundError", "DataError", "dataset_mean_std", "DataSpec", "describe", "make_loader",
+           "folder_loader", "folder_classes"]
 
 
 @dataclass(frozen=True)
@@ -236,21 +237,70 @@ def load_dataset(name: str, data_dir: str | Path | None, train: bool, in_chans: 
     raise ValueError(f"unknown in-memory dataset {name!r}: use {', '.join(DATASETS)}")
 
 
+class _MappedImageFolder:
+    """torchvision's ImageFolder with the class indices of the training split: a validation split that lacks a
+    class keeps the others' indices; a class the training split does not have is an error. A file PIL cannot read
+    is a one-line :class:`DataError` naming it."""
+
+    @staticmethod
+    def build(split: Path, transform, classes: list[str] | None):
+        from torchvision.datasets import ImageFolder
+
+        class Mapped(ImageFolder):
+            def find_classes(self, directory):
+                found = sorted(e.name for e in os.scandir(directory) if e.is_dir())
+                if classes is None:
+                    if not found:
+                        raise DataError(f"{directory} has no class folders")
+                    return found, {c: i for i, c in enumerate(found)}
+                unknown = [c for c in found if c not in classes]
+                if unknown:
+                    raise DataError(f"{directory} has classes the training split does not have: "
+                                    f"{', '.join(unknown[:5])}")
+                return list(classes), {c: i for i, c in enumerate(classes)}
+
+            def __getitem__(self, index):
+                try:
+                    return super().__getitem__(index)
+                except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+                    raise DataError(f"{self.samples[index][0]} is not a readable image ({type(e).__name__})") \
+                        from None
+
+        try:
+            return Mapped(str(split), transform=transform, allow_empty=True)
+        except FileNotFoundError as e:
+            raise DataError(f"{split}: {e}") from None
+
+
+def folder_classes(root: str | Path) -> list[str]:
+    """The class names of an ImageFolder tree: the sub-folders of ``root/train``, sorted."""
+    split = Path(root) / "train"
+    if not split.is_dir():
+        raise DataNotFoundError(f"ImageFolder split not found: {split} (expected {root}/train and {root}/val)")
+    names = sorted(e.name for e in os.scandir(split) if e.is_dir())
+    if not names:
+        raise DataError(f"{split} has no class folders")
+    return names
+
+
 def folder_loader(root: str | Path, train: bool, img_size: int, mean, std, batch_size: int, workers: int,
-                  seed: int = 0, rank: int = 0, world_size: int = 1):
-    """An ImageFolder tree (``root/train/CLASS/*.jpg``, ``root/val/CLASS/*.jpg``) through a DataLoader; under DDP
-    the training split goes through a DistributedSampler (equal shares, reshuffled by ``set_epoch``)."""
+                  seed: int = 0, rank: int = 0, world_size: int = 1, classes: list[str] | None = None):
+    """An ImageFolder tree (``root/train/CLASS/*.jpg``, ``root/val/CLASS/*.jpg``) through a DataLoader; ``classes``
+    (the training split's, by default) fix the label indices of both splits. Under DDP the training split goes
+    through a DistributedSampler (equal shares, reshuffled by ``set_epoch``)."""
     import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
 
     split = Path(root) / ("train" if train else "val")
     if not split.is_dir():
         raise DataNotFoundError(f"ImageFolder split not found: {split} (expected {root}/train and {root}/val)")
+    classes = classes if classes is not None else folder_classes(root)
     if train:
         tf = T.Compose([T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
     else:
         tf = T.Compose([T.Resize(int(img_size / 0.875)), T.CenterCrop(img_size), T.ToTensor(), T.Normalize(mean, std)])
-    ds = ImageFolder(str(split), transform=tf)
+    ds = _MappedImageFolder.build(split, T.Compose([T.Grayscale(1), tf]) if len(mean) == 1 else tf, classes)
+    if len(ds) == 0:
+        raise DataError(f"{split} holds no images")
     g = torch.Generator().manual_seed(seed)
     sampler = None
     if train and world_size > 1:
@@ -261,3 +311,63 @@ def folder_loader(root: str | Path, train: bool, img_size: int, mean, std, batch
     if sampler is not None:
         loader.set_epoch = sampler.set_epoch  # the trainer calls set_epoch on its loader each epoch
     return loader, ds.classes
+
+
+@dataclass
+class DataSpec:
+    """What a dataset implies for a model before any model exists: class names, input channels and side, and the
+    default normalisation (its pixel statistics)."""
+
+    name: str
+    class_names: list[str]
+    in_chans: int
+    img_size: int
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None
+
+
+def describe(name: str, data_dir: str | Path | None, in_chans: int | None = None, img_size: int | None = None,
+             num_classes: int | None = None) -> DataSpec:
+    """Class names and input defaults of a dataset (reads only folder names and label files)."""
+    if name == "imagefolder":
+        if data_dir is None:
+            raise DataNotFoundError("dataset 'imagefolder' needs data_dir (a folder with train/ and val/)")
+        return DataSpec(name, folder_classes(data_dir), in_chans or 3, img_size or 224, None)
+    if name == "synthetic":
+        k = num_classes or 4
+        return DataSpec(name, [f"class{i}" for i in range(k)], in_chans or 1, img_size or 16, ((0.5,), (0.5,)))
+    spec = _dataset(name)
+    return DataSpec(name, list(spec.class_names), in_chans or 1, img_size or 28, spec.mean_std)
+
+
+def make_loader(name: str, data_dir: str | Path | None, split: str, input_size: tuple[int, int, int], mean, std,
+                device: torch.device | str, batch_size: int, *, num_classes: int | None = None, seed: int = 0,
+                subset: int | None = None, workers: int = 4, rank: int = 0, world_size: int = 1,
+                classes: list[str] | None = None):
+    """The batches of one split (``train`` or ``test``) for a model with this input size and normalisation.
+
+    In-memory datasets (MNIST, Fashion-MNIST, synthetic) live on ``device`` and are batched by indexing; the
+    training split is shuffled from (seed, epoch) and, under DDP, sharded by rank. Image folders stream through a
+    DataLoader (``workers`` processes). Labels must fit ``num_classes``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    train = split == "train"
+    c, h, _ = input_size
+    if name == "imagefolder":
+        if data_dir is None:
+            raise DataNotFoundError("dataset 'imagefolder' needs data_dir (a folder with train/ and val/)")
+        loader, _ = folder_loader(data_dir, train, h, mean, std, batch_size, workers, seed=seed,
+                                  rank=rank if train else 0, world_size=world_size if train else 1, classes=classes)
+        return loader
+    data = load_dataset(name, data_dir, train=train, in_chans=c, img_size=h, num_classes=num_classes, seed=seed)
+    if subset and train:
+        data = TensorData(data.images[:subset], data.labels[:subset], data.class_names)
+    k = num_classes or len(data.class_names)
+    if len(data) and (int(data.labels.min()) < 0 or int(data.labels.max()) >= k):
+        raise DataError(f"{split} labels span [{int(data.labels.min())}, {int(data.labels.max())}] but the model has "
+                        f"num_classes={k}")
+    norm = normalizer(mean, std, device)
+    if train:
+        return DeviceLoader(data.to(device), batch_size, norm, shuffle=True, seed=seed, rank=rank,
+                            world_size=world_size)
+    return DeviceLoader(data.to(device), batch_size, norm, shuffle=False)

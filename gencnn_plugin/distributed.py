@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["DistContext", "setup", "cleanup", "gather_for_gg", "GG_ESTIMATORS"]
+__all__ = ["DistContext", "setup", "cleanup", "gather_for_gg", "GG_ESTIMATORS", "GlobalBatchNorm",
+           "convert_global_batchnorm"]
 
 GG_ESTIMATORS = ("local", "global")
 
@@ -64,3 +66,55 @@ def gather_for_gg(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     labels = [torch.empty_like(targets) for _ in range(dist.get_world_size())]
     dist.all_gather(labels, targets)
     return all_logits, torch.cat(labels, dim=0)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of all processes' batches together, on any backend (gloo on
+    CPUs included; torch's SyncBatchNorm is CUDA-only). With the global GG estimator the global batch is q(x)'s
+    sample, so it must also be the batch that BatchNorm normalises with: then each process computes exactly the
+    one-process forward pass of the concatenated batch, and its gradients (tests/test_distributed.py)."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
+        total = all_reduce(torch.cat([x.sum(dims), count]))  # differentiable: backward sums the gradients
+        n = total[-1]
+        mean = total[:-1] / n
+        var = all_reduce((x - mean.view(shape)).pow(2).sum(dims)) / n  # biased, as BatchNorm normalises
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+                self.num_batches_tracked += 1
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_global_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm1d/2d/3d in ``module`` by a :class:`GlobalBatchNorm` with the same parameters and
+    buffers (as ``nn.SyncBatchNorm.convert_sync_batchnorm`` does)."""
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        if module.affine:
+            with torch.no_grad():
+                out.weight, out.bias = module.weight, module.bias
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, convert_global_batchnorm(child))
+    return out

@@ -2,8 +2,9 @@
 
 The exported graph takes what the PyTorch model takes: a normalised float batch (B, C, H, W) with a dynamic batch
 axis, input name ``input``; it returns ``logits`` (B, K) or, for a node, ``score`` (B,). ``metadata_props`` carry
-what a deployment needs besides the graph (arch, class names, mean/std, input size, opset, node). Files are written
-atomically; with external data the ``.onnx`` and its ``.onnx.data`` are one artifact, replaced together.
+what a deployment needs besides the graph (model, class names, mean/std, input size, opset, node, precision). Files
+are written atomically; with external data the ``.onnx`` and its ``.onnx.data`` are one artifact, replaced together,
+and a ``.onnx.data`` is only ever written or removed as part of the artifact it belongs to.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import open_model
+from .files import check_output_path, new_file_mode
 from .nodes import node_score
 from .specs import ModelInfo
 
 __all__ = ["export_onnx", "verify_onnx", "real_inputs", "default_providers", "ExportError", "ExportResult",
-           "ParityReport", "EXPORTERS", "DEFAULT_EXPORTER"]
+           "ParityReport", "EXPORTERS", "DEFAULT_EXPORTER", "EXPORT_PRECISIONS", "MIN_OPSET"]
 
 EXPORTERS = ("dynamo", "legacy")
+EXPORT_PRECISIONS = ("fp32", "fp16")  # of the exported graph's weights and input
+MIN_OPSET = {"dynamo": 18, "legacy": 7}  # the oldest opset each exporter writes
 # The torch.export-based exporter ("dynamo") is the default: it exported and matched every model we test, while the
 # TorchScript one ("legacy") fails on ZFNet (LocalResponseNorm loses the shapes that AdaptiveAvgPool2d needs under a
 # dynamic batch) and on AlexNet below 224 px. Legacy exports 5-30x faster (0.05-0.3 s against 1-3 s here) and its
@@ -100,32 +104,55 @@ def _providers(names: list[str] | str | None) -> list[str]:
     return [alias.get(n.strip().lower(), n.strip()) for n in items if n.strip()]
 
 
-def _metadata(info: ModelInfo, node: str | None, opset: int, exporter: str, fp16: bool, output: str) -> dict[str, str]:
-    return {"arch": info.spec, "class_names": json.dumps(info.class_names), "num_classes": str(info.num_classes),
+def _metadata(info: ModelInfo, node: str | None, opset: int, exporter: str, precision: str, output: str
+              ) -> dict[str, str]:
+    dtype = "float16" if precision == "fp16" else "float32"
+    return {"model": info.model, "class_names": json.dumps(info.class_names), "num_classes": str(info.num_classes),
             "mean": json.dumps(list(info.mean)), "std": json.dumps(list(info.std)),
             "input_size": json.dumps(list(info.input_size)), "input": "input", "output": output,
-            "node": node or "", "opset": str(opset), "exporter": exporter, "dtype": "float16" if fp16 else "float32",
+            "node": node or "", "opset": str(opset), "exporter": exporter, "precision": precision,
             "producer": f"gencnn {__version__}", "torch": torch.__version__,
-            "preprocess": "x = (pixels / 255 - mean) / std, NCHW"}
+            "preprocess": "x = (pixels / 255 - mean) / std, NCHW",
+            # deprecated names of "model" and "precision", kept for one release
+            "arch": info.model, "dtype": dtype}
+
+
+def _external_locations(path: Path) -> set[str]:
+    """The external-data files an existing .onnx refers to (empty if it is not a readable ONNX file)."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return set()
+    return {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
 
 
 @contextlib.contextmanager
 def _artifact(path: Path):
-    """A private folder beside ``path``; on success its .onnx (and .onnx.data) replace the old artifact together."""
+    """A private folder beside ``path``; on success its .onnx (and .onnx.data) replace the old artifact together.
+
+    ``OUT.data`` is written only when this export keeps its weights outside, and removed only when the ``OUT`` being
+    replaced referred to it (then it was that artifact's part); any other file of that name is left alone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    data = Path(f"{path}.data")
+    old_mode = path.stat().st_mode & 0o7777 if path.is_file() else None
+    mode = old_mode if old_mode is not None else new_file_mode()
+    ours = path.is_file() and data.name in _external_locations(path)
     try:
         yield tmp / path.name
-        data = Path(f"{path}.data")
+        os.chmod(tmp / path.name, mode)
         if (tmp / data.name).exists():
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp / data.name, 0o666 & ~umask)  # onnx writes it 0600; give it the .onnx file's mode
+            check_output_path(data)
+            os.chmod(tmp / data.name, mode)  # onnx writes it 0600; give it the .onnx file's mode
             os.replace(tmp / data.name, data)  # the data first: the old .onnx never points at missing weights
             os.replace(tmp / path.name, path)
         else:
             os.replace(tmp / path.name, path)
-            data.unlink(missing_ok=True)  # a stale .data from an earlier export would be a second, wrong artifact
+            if ours:
+                data.unlink(missing_ok=True)  # the replaced artifact's own weights, now stale
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -181,21 +208,48 @@ def _export_graph(model: nn.Module, x: torch.Tensor, path: Path, exporter: str, 
 
 
 def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: ModelInfo | None = None,
-                node: str | None = None, weights_file: str | Path | None = None, opset: int = 18,
-                exporter: str = DEFAULT_EXPORTER, fp16: bool = False, device: str | torch.device = "cpu",
-                external_data: bool | None = None, batch: int = 2,
-                provenance_of: str | Path | None = None) -> ExportResult:
+                node: str | None = None, weights: str | Path | None = None, opset: int = 18,
+                exporter: str = DEFAULT_EXPORTER, precision: str = "fp32", device: str | torch.device = "cpu",
+                external_data: bool | None = None, batch: int = 2, provenance_of: str | Path | None = None,
+                weights_file: str | Path | None = None, fp16: bool | None = None) -> ExportResult:
     """Export a checkpoint, a spec (with optional local weights) or a module to ONNX at ``path``.
 
-    ``node`` ("conv2:7", "logits:3", a class name) exports that node's score function instead of the logits.
-    ``external_data``: None = only when the weights exceed protobuf's 2 GiB limit. ``fp16`` casts weights and input
-    to float16 (for CUDA deployment). ``provenance_of``: the checkpoint a passed-in module came from, whose training
-    record (mode, epoch, test error, ...) goes into the metadata as ``trained``, as it does for a checkpoint source.
+    Args:
+        source: a checkpoint or run folder, a model spec, or an ``nn.Module`` (then ``info`` is needed).
+        path: the ``.onnx`` file to write (a regular file path; replaced atomically).
+        info: the ModelInfo of a module ``source``.
+        node: export this node's score function (``conv2:7``, ``logits:3``, a class name) instead of the logits.
+        weights: local weights for a spec ``source``.
+        opset: the ONNX opset (dynamo: >= 18; legacy: >= 7); the file's actual opset is checked against it.
+        exporter: ``dynamo`` (torch.export) or ``legacy`` (TorchScript).
+        precision: ``fp32`` or ``fp16`` (weights and input cast to float16, for CUDA deployment).
+        device: where PyTorch runs during the export.
+        external_data: keep weights in ``OUT.data``; None = only above protobuf's 2 GiB limit.
+        batch: the example batch size traced (the batch axis is dynamic either way).
+        provenance_of: the checkpoint a passed-in module came from; its training record (mode, epoch, test error,
+            ...) goes into the metadata as ``trained``, as it does for a checkpoint source.
+        weights_file, fp16: deprecated names of ``weights`` and ``precision="fp16"`` (one release).
+
     Raises :class:`ExportError` naming the exporter's message and the layer.
     """
+    if weights_file is not None:
+        weights = weights if weights is not None else weights_file
+    if fp16 is not None:
+        precision = "fp16" if fp16 else precision
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}: use {' or '.join(EXPORTERS)}")
-    model, info = _resolve(source, info, weights_file, device)
+    if precision not in EXPORT_PRECISIONS:
+        raise ExportError(f"precision {precision!r}: export writes {' or '.join(EXPORT_PRECISIONS)}")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET[exporter] <= opset <= newest:
+        raise ExportError(f"opset {opset}: the {exporter} exporter writes opsets {MIN_OPSET[exporter]}-{newest} "
+                          f"(onnx {onnx.__version__})" + ("; --exporter legacy writes older ones"
+                                                           if exporter == "dynamo" and opset < 18 else ""))
+    fp16 = precision == "fp16"
+    path = check_output_path(path)
+    model, info = _resolve(source, info, weights, device)
     trained = _provenance(provenance_of or source)
     module: nn.Module = node_score(model, info, node) if node else model.eval()
     module = module.to(device)
@@ -203,8 +257,7 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: Model
         module = module.half()
     output = "score" if node else "logits"
     x = torch.randn(batch, *info.input_size, device=device, dtype=torch.float16 if fp16 else torch.float32)
-    path = Path(path)
-    meta = _metadata(info, node, opset, exporter, fp16, output)
+    meta = _metadata(info, node, opset, exporter, precision, output)
     if trained:
         meta["trained"] = json.dumps(trained)
     t0 = time.perf_counter()
@@ -216,12 +269,15 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: Model
             where = _culprit(module, x, lambda m, a: _export_graph(m, a[0], tmp.with_name("part.onnx"), exporter,
                                                                         opset, "out"))
             layer = f" in layer {where}" if where else ""
-            raise ExportError(f"{exporter} exporter could not export {info.spec}"
+            raise ExportError(f"{exporter} exporter could not export {info.model}"
                               f"{' node ' + node if node else ''}{layer}: {_reason(e)}") from e
         seconds = time.perf_counter() - t0
-        import onnx
-
         proto = onnx.load(str(raw))  # loads external tensors too, whatever the exporter did
+        written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if written != opset:
+            raise ExportError(f"the {exporter} exporter wrote opset {written}, not the {opset} asked for; "
+                              f"ask for opset {written}" + (" or use --exporter legacy" if exporter == "dynamo"
+                                                            else ""))
         for k, v in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, v
@@ -232,7 +288,7 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: Model
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as e:
-            raise ExportError(f"onnx.checker rejected the export of {info.spec}: {e}") from e
+            raise ExportError(f"onnx.checker rejected the export of {info.model}: {e}") from e
     data = Path(f"{path}.data")
     return ExportResult(path, data if data.exists() else None, exporter, opset, seconds, output, meta, tracer_warnings)
 
@@ -247,12 +303,12 @@ def _provenance(source) -> dict | None:
     return {k: meta[k] for k in ("mode", "epoch", "phase", "dataset", "test_error", "date", "gencnn") if k in meta}
 
 
-def _resolve(source, info, weights_file, device) -> tuple[nn.Module, ModelInfo]:
+def _resolve(source, info, weights, device) -> tuple[nn.Module, ModelInfo]:
     if isinstance(source, nn.Module):
         if info is None:
             raise ExportError("exporting a module needs its ModelInfo (info=...)")
         return source.eval(), info
-    return open_model(source, weights_file=weights_file, device=device)
+    return open_model(source, weights=weights, device=device)
 
 
 def real_inputs(info: ModelInfo, data_dir: str | Path | None = None, n: int = 4) -> torch.Tensor | None:
@@ -299,11 +355,15 @@ def verify_onnx(path: str | Path, model: nn.Module, info: ModelInfo, *, node: st
     import onnxruntime as ort
 
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    fp16 = meta.get("dtype") == "float16"
+    fp16 = meta.get("precision", "fp16" if meta.get("dtype") == "float16" else "fp32") == "fp16"
     atol = atol if atol is not None else (1e-2 if fp16 else 1e-4)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.log_severity_level = 3
+    # ORT's worker threads spin after a run by default, taking the cores from the PyTorch call timed next to it
+    # (that made PyTorch look 20x slower); without spinning both runtimes are timed on an idle machine.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     provs = _providers(providers)
     session = ort.InferenceSession(str(path), opts, providers=provs)
     module = node_score(model, info, node) if node else model.eval()
@@ -329,7 +389,8 @@ def verify_onnx(path: str | Path, model: nn.Module, info: ModelInfo, *, node: st
         x = torch.randn(b, *info.input_size, generator=g).to(dtype)
         xd, xn = x.to(device), x.numpy()
         with torch.no_grad():
-            module(xd), session.run(None, {"input": xn}), sync()  # warm-up
+            for _ in range(3):  # warm-up: first calls allocate, pick kernels and start thread pools
+                module(xd), session.run(None, {"input": xn}), sync()
             t_ms, o_ms = [], []
             for _ in range(repeats):  # interleaved, so drifting load hits both alike
                 t0 = time.perf_counter()

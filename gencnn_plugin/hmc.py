@@ -7,7 +7,7 @@ host synchronisation inside the loop. Energies and the accept test are float32 e
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -16,40 +16,44 @@ from dataclasses import dataclass, field
 import torch
 
 from .diagnostics import effective_sample_size, split_rhat
+from .runtime import PRECISIONS, precision_context
+from .settings import check, setting
 
-__all__ = ["HMCConfig", "HMCResult", "HMCStep", "hmc_sample", "leapfrog", "potential"]
+__all__ = ["HMCConfig", "HMCResult", "HMCStep", "hmc_sample", "leapfrog", "potential", "summarize"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class HMCConfig:
-    """Sampler settings; the defaults are the paper's LeNet setting (section 4.2)."""
+    """Sampler settings, the single source of the CLI flags, the GUI form, presets and the reproduce-command.
 
-    iters: int = 100
-    leapfrog_steps: int = 50
-    step_size: float = 0.1
-    mass: float = 0.01
-    sigma: float = 1.0  # std of the Gaussian reference q in the model's normalised input space
-    chains: int = 16
-    seed: int = 0
-    adapt_steps: int = 0  # dual-averaging step-size adaptation during the first iterations (0: off, the paper)
-    target_accept: float = 0.65
-    mala: bool = False  # Langevin: one leapfrog step per iteration (MALA)
-    precision: str = "fp32"  # fp32 | bf16 | fp16: the score's precision; energies stay float32
+    The defaults are the paper's LeNet setting (section 4.2).
+    """
+
+    iters: int = setting(100, "HMC iterations (Metropolis tests) per chain", ge=1, le=10_000_000,
+                         label="HMC iterations")
+    leapfrog_steps: int = setting(50, "leapfrog steps per iteration (eqs. 11-13)", ge=1, le=100_000)
+    step_size: float = setting(0.1, "leapfrog step size epsilon", gt=0, le=1e6)
+    mass: float = setting(0.01, "particle mass m of the kinetic energy |phi|^2 / 2m", ge=1e-12, le=1e12)
+    sigma: float = setting(1.0, "std of the Gaussian reference q in the model's normalised input space", ge=1e-6,
+                           le=1e6, label="sigma of q")
+    chains: int = setting(16, "chains per node", ge=1, le=65_536)
+    seed: int = setting(0, "random seed of the starting points and momenta", ge=0, le=2**63 - 1)
+    adapt_steps: int = setting(0, "dual-averaging step-size adaptation during the first iterations (0: off, the "
+                                  "paper)", ge=0, le=10_000_000, label="adapt steps")
+    target_accept: float = setting(0.65, "acceptance rate that dual averaging aims at", gt=0, lt=1)
+    mala: bool = setting(False, "Langevin: one leapfrog step per iteration (MALA)")
+    precision: str = setting("fp32", "the score's precision (energies stay float32): fp32 (TF32 off), tf32, bf16, "
+                                     "fp16", choices=PRECISIONS)
 
     def __post_init__(self) -> None:
-        for key in ("iters", "leapfrog_steps", "chains"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("step_size", "mass", "sigma"):
-            value = getattr(self, key)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{key} must be a positive number, got {value}")
-        if self.adapt_steps < 0 or not 0 < self.target_accept < 1:
-            raise ValueError("adapt_steps must be >= 0 and target_accept in (0, 1)")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        check(self)
+
+    @property
+    def trajectory_steps(self) -> int:
+        """Leapfrog steps per iteration as run: 1 under MALA."""
+        return 1 if self.mala else self.leapfrog_steps
 
 
 @dataclass
@@ -78,7 +82,7 @@ class HMCResult:
     summary: dict = field(default_factory=dict)
 
 
-def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, dtype: torch.dtype | None = None
+def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, precision: str = "fp32"
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """U(x) = -f(x) + |x|^2 / (2 sigma^2) per chain, dU/dx = -df/dx + x / sigma^2, and f(x); all float32.
 
@@ -87,13 +91,13 @@ def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, dtype: torch.dty
     """
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
-        ctx = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with ctx:
+        with precision_context(x.device, precision):
             f = score_fn(xg).float()
         df = torch.autograd.grad(f.sum(), xg)[0] if f.requires_grad else torch.zeros_like(xg)
     x = x.detach().float()
-    u = -f.detach() + x.pow(2).flatten(1).sum(1) / (2 * sigma**2)
-    return u, x / sigma**2 - df.float(), f.detach()
+    inv_var = 1.0 / sigma / sigma  # never sigma**2: a huge sigma would overflow a Python float
+    u = -f.detach() + x.pow(2).flatten(1).sum(1) * (inv_var / 2)
+    return u, x * inv_var - df.float(), f.detach()
 
 
 def leapfrog(x, phi, grad, energy, step_size, steps: int, mass: float, stop: Callable[[], bool] | None = None):
@@ -117,38 +121,48 @@ def _per_chain(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def hmc_sample(
     score_fn: ScoreFn,
     x0: torch.Tensor,
-    iters: int = 100,
-    leapfrog_steps: int = 50,
-    step_size: float = 0.1,
-    mass: float = 0.01,
-    sigma: float = 1.0,
+    config: HMCConfig | None = None,
+    *,
     generator: torch.Generator | None = None,
     callback: Callable[[HMCStep], bool | None] | None = None,
-    adapt_steps: int = 0,
-    target_accept: float = 0.65,
-    precision: str = "fp32",
     stop: Callable[[], bool] | None = None,
     noise_rows: torch.Tensor | None = None,
     noise_total: int | None = None,
+    **overrides,
 ) -> HMCResult:
     """Draw ``B = x0.shape[0]`` chains from exp(f(x)) N(x; 0, sigma^2 I) by HMC, starting at ``x0``.
 
-    ``score_fn`` maps (B, ...) to (B,). ``callback(step)`` runs after every iteration (it may read the states for a
-    live view) and stops the run by returning True; ``stop()`` is polled after every leapfrog step so a GUI can
-    interrupt mid-trajectory (the unfinished proposal is dropped). ``adapt_steps > 0`` tunes each chain's step
-    size by dual averaging (Hoffman & Gelman 2014) towards ``target_accept`` during those first iterations only.
-    ``noise_rows`` / ``noise_total``: these chains are rows ``noise_rows`` of a run of ``noise_total`` chains; the
-    random numbers are drawn for all of them and indexed, so chains split over devices reproduce the one-device run.
+    Args:
+        score_fn: maps (B, ...) to (B,), the node's f_y.
+        x0: the starting states, one chain per row.
+        config: the sampler settings (:class:`HMCConfig`; ``chains`` and ``seed`` are not used here: the chains
+            are the rows of ``x0`` and the randomness comes from ``generator``).
+        generator: the random numbers of momenta and Metropolis tests (default: seed 0 on x0's device).
+        callback: runs after every iteration with an :class:`HMCStep` (it may read the states for a live view);
+            returning True stops the run.
+        stop: polled after every leapfrog step so a GUI can interrupt mid-trajectory (that proposal is dropped).
+        noise_rows, noise_total: these chains are rows ``noise_rows`` of a run of ``noise_total`` chains; the random
+            numbers are drawn for all of them and indexed, so chains split over devices reproduce one device's run.
+        **overrides: any :class:`HMCConfig` field (``iters=``, ``step_size=``, ...), applied on top of ``config``.
+
+    ``adapt_steps > 0`` tunes each chain's step size by dual averaging (Hoffman & Gelman 2014) towards
+    ``target_accept`` during those first iterations only.
     """
-    HMCConfig(iters=iters, leapfrog_steps=leapfrog_steps, step_size=step_size, mass=mass, sigma=sigma,
-              adapt_steps=adapt_steps, target_accept=target_accept, precision=precision)  # validates
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    config = config or HMCConfig()
+    if overrides:
+        known = {f.name for f in dataclasses.fields(HMCConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"hmc_sample() got unknown settings {unknown}; HMCConfig has {sorted(known)}")
+        config = dataclasses.replace(config, **overrides)  # validated again by __post_init__
+    iters, step_size, mass, sigma = config.iters, config.step_size, config.mass, config.sigma
+    leapfrog_steps, adapt_steps, target_accept = config.trajectory_steps, config.adapt_steps, config.target_accept
     device, b = x0.device, x0.shape[0]
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(0)
 
     def energy(x):
-        return potential(score_fn, x, sigma, dtype)
+        return potential(score_fn, x, sigma, config.precision)
 
     t0 = time.perf_counter()
     x = x0.detach().float().clone()

@@ -8,6 +8,9 @@ Syntax (shared by the API, ``gencnn sample`` and the GUI):
   channel's spatial mean;
 - linear layers ``(B, F)``: ``LAYER:F``; token layers ``(B, T, D)``: ``LAYER:D`` (mean over tokens) or ``LAYER:D,T``.
 
+:class:`Node` is the one parser and formatter of these strings (API, CLI and GUI); its typed constructors
+(``Node.output``, ``Node.channel``, ``Node.unit``, ``Node.feature``, ``Node.token``) build the same nodes in code.
+
 LAYER is a module path from ``named_modules()``; ``PATH_1``, ``PATH_2`` address a module's 2nd, 3rd call in one
 forward pass (torchvision's FX naming, e.g. ResNet's reused ``layer1.0.relu_1``). The truncated network comes from
 FX feature extraction (timm's or torchvision's); models FX cannot trace fall back to a forward hook that stops the
@@ -25,7 +28,7 @@ from torch import nn
 
 from .specs import ModelInfo
 
-__all__ = ["Node", "LayerInfo", "parse_node", "list_layers", "node_score", "NodeScore", "NodeError"]
+__all__ = ["Node", "LayerInfo", "parse_node", "list_layers", "node_score", "NodeScore", "NodeError", "check_node"]
 
 LOGITS = "logits"
 
@@ -36,13 +39,52 @@ class NodeError(ValueError):
 
 @dataclass(frozen=True)
 class Node:
-    """A parsed node: ``layer`` ("logits" for the output), ``index`` (class, channel or feature), optional
-    ``position`` ((y, x) for conv units, (t,) for a token) and ``reduce`` ("centre", "unit", "mean", "index")."""
+    """A node: ``layer`` ("logits" for the output), ``index`` (class, channel or feature), optional
+    ``position`` ((y, x) for conv units, (t,) for a token) and ``reduce`` ("centre", "unit", "mean", "index").
+
+    Build one with :meth:`parse` from a string, or with a typed constructor; ``str(node)`` is its string.
+    """
 
     layer: str
     index: int
     position: tuple[int, ...] = ()
     reduce: str = "centre"
+
+    @classmethod
+    def output(cls, k: int) -> Node:
+        """Output (class) ``k`` of the classifier: ``logits:K``."""
+        return cls(LOGITS, int(k), (), "index")
+
+    @classmethod
+    def channel(cls, layer: str, c: int, mean: bool = False) -> Node:
+        """Channel ``c`` of a conv layer: its centre unit (``LAYER:C``) or its spatial mean (``LAYER:C,mean``)."""
+        return cls(layer, int(c), (), "mean" if mean else "centre")
+
+    @classmethod
+    def unit(cls, layer: str, c: int, y: int, x: int) -> Node:
+        """One unit of a conv layer: ``LAYER:C,Y,X``."""
+        return cls(layer, int(c), (int(y), int(x)), "unit")
+
+    @classmethod
+    def feature(cls, layer: str, d: int) -> Node:
+        """Feature ``d`` of a linear layer (``LAYER:D``), or of a token layer averaged over its tokens."""
+        return cls(layer, int(d), (), "centre")
+
+    @classmethod
+    def token(cls, layer: str, d: int, t: int) -> Node:
+        """Feature ``d`` of token ``t`` of a token layer (B, T, D): ``LAYER:D,T``."""
+        return cls(layer, int(d), (int(t),), "unit")
+
+    @classmethod
+    def parse(cls, text: str, class_names: list[str] | None = None) -> Node:
+        """Parse a node string (see the module docstring); class names need ``class_names``."""
+        return parse_node(text, class_names)
+
+    def label(self, class_names: list[str] | None = None) -> str:
+        """The string, with the class name for an output node: ``logits:282 (tiger cat)``."""
+        if self.layer == LOGITS and class_names and 0 <= self.index < len(class_names):
+            return f"{self} ({class_names[self.index]})"
+        return str(self)
 
     def __str__(self) -> str:
         if self.layer == LOGITS:
@@ -74,7 +116,11 @@ def _class_index(name: str, class_names: list[str]) -> int | None:
 
 def parse_node(text: str, class_names: list[str] | None = None) -> Node:
     """Parse a node string (see the module docstring). Class names need ``class_names``."""
+    if not isinstance(text, str):
+        raise NodeError(f"a node is a string such as logits:3 or conv2:7, got {type(text).__name__}")
     text = text.strip()
+    if len(text) > 1000:
+        raise NodeError("node string too long")
     if not text:
         raise NodeError("empty node string")
     if ":" not in text:
@@ -141,6 +187,9 @@ def _named_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module
 
 
 def _num_nodes(shape: tuple[int, ...]) -> int:
+    """Channels of a conv layer (C, H, W), features of a linear layer (F,) or of a token layer (T, D)."""
+    if len(shape) == 2:
+        return shape[1]
     return shape[0] if shape else 1
 
 
@@ -279,10 +328,10 @@ def node_score(model: nn.Module, info: ModelInfo, node: str | Node | list[str | 
     if layer not in layers:
         close = difflib.get_close_matches(layer, list(layers), n=5, cutoff=0.5)
         hint = f"close names: {', '.join(close)}" if close else f"layers: {', '.join(list(layers)[:12])}, ..."
-        raise NodeError(f"no layer {layer!r} in {info.spec}; {hint} (gencnn nodes lists them all)")
+        raise NodeError(f"no layer {layer!r} in {info.model}; {hint} (gencnn nodes lists them all)")
     li = layers[layer]
     for n in nodes:
-        _check_range(n, li)
+        check_node(n, li)
     if layer == LOGITS:
         return NodeScore(model, nodes, li.shape)
     modules = dict(model.named_modules())
@@ -296,7 +345,8 @@ def node_score(model: nn.Module, info: ModelInfo, node: str | Node | list[str | 
     return NodeScore(trunk, nodes, li.shape).eval()
 
 
-def _check_range(n: Node, li: LayerInfo) -> None:
+def check_node(n: Node, li: LayerInfo) -> None:
+    """A NodeError unless ``n`` addresses a node of layer ``li`` (index, position and reduction in range)."""
     shape = li.shape
     if not 0 <= n.index < li.num_nodes:
         what = {1: "outputs", 2: "tokens' features", 3: "channels"}.get(len(shape), "nodes")

@@ -19,11 +19,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .distributed import GG_ESTIMATORS
 from .losses import generative_loss, importance_ess
 
-__all__ = ["LRPolicy", "GenerativeSchedule", "MODES"]
+__all__ = ["LRPolicy", "GenerativeSchedule", "MODES", "LR_POLICIES"]
 
 MODES = ("dg", "gg", "gg+dg", "auto")
+LR_POLICIES = ("inv", "step", "cosine", "fixed")
 
 
 @dataclass
@@ -40,8 +42,8 @@ class LRPolicy:
     step_iters: int = 100_000
 
     def __post_init__(self) -> None:
-        if self.name not in ("inv", "step", "cosine", "fixed"):
-            raise ValueError(f"unknown lr policy {self.name!r}: use inv, step, cosine or fixed")
+        if self.name not in LR_POLICIES:
+            raise ValueError(f"unknown lr policy {self.name!r}: use {', '.join(LR_POLICIES)}")
 
     def __call__(self, base_lr: float, t: int, total: int) -> float:
         if self.name == "inv":
@@ -74,8 +76,8 @@ class GenerativeSchedule:
         self.switch_lr = base_lr if switch_lr is None else switch_lr
         self.ess_threshold, self.lr_policy, self.track_ess = ess_threshold, lr_policy, track_ess
         self.ess_plateau = ess_plateau
-        if gg_estimator not in ("local", "global"):
-            raise ValueError(f"gg_estimator must be 'local' or 'global', got {gg_estimator!r}")
+        if gg_estimator not in GG_ESTIMATORS:
+            raise ValueError(f"gg_estimator must be one of {', '.join(GG_ESTIMATORS)}, got {gg_estimator!r}")
         self.gg_estimator = gg_estimator  # under DDP: q(x) = this rank's batch, or all ranks' (distributed.py)
         self.last_ess: float | None = None  # the previous epoch's mean ESS, for the plateau test
         self.phase = "dg" if mode == "dg" else "gg"

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
+import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -21,7 +24,7 @@ from torch import nn
 from . import models as _paper_models  # noqa: F401  (registers lenet_caffe, zfnet into timm)
 
 __all__ = ["ModelInfo", "create_model", "parse_spec", "list_specs", "adapt_input_channels", "load_state_dict_checked",
-           "load_pickled", "UnknownModelError", "WeightsError"]
+           "load_pickled", "check_model_kwargs", "UnknownModelError", "WeightsError", "MetadataError", "MODEL_KWARGS"]
 
 # Short names for the paper's networks (Table 1 and 2).
 ALIASES = {"lenet": "timm:lenet_caffe", "zfnet": "timm:zfnet", "alexnet": "tv:alexnet"}
@@ -35,11 +38,64 @@ class WeightsError(ValueError):
     """A weights file that cannot be read, is refused (a pickle with code in it), or does not fit the model."""
 
 
+class MetadataError(ValueError):
+    """A model description (checkpoint metadata, a recipe's model options) outside its schema."""
+
+
+# Constructor arguments that a checkpoint, a recipe or --model-arg may pass to timm/torchvision: architecture
+# options only, with plain values. Never files, downloads or trust (weights, pretrained, checkpoint_path,
+# pretrained_cfg, cache_dir, trust_pickle, ...): only the person running a command gives those, by their own flags.
+MODEL_KWARGS = frozenset({
+    # timm
+    "drop_rate", "drop_path_rate", "drop_block_rate", "pad_type", "global_pool", "act_layer", "norm_layer",
+    "output_stride", "stem_type", "stem_width", "channel_multiplier", "depth_multiplier", "width_multiplier",
+    "proj_drop_rate", "attn_drop_rate", "pos_drop_rate", "class_token", "no_embed_class", "reg_tokens",
+    "zero_init_last", "bn_eps", "bn_momentum", "fix_stem",
+    # torchvision
+    "dropout", "width_mult", "aux_logits", "transform_input", "init_weights", "stochastic_depth_prob",
+    # ours (models/)
+    "batch_norm", "widths", "hidden", "pool_size",
+})
+_WORD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """A JSON scalar, a short identifier-like string (no path separators), or a short list of those."""
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return abs(value) < 2**31
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return bool(_WORD.fullmatch(value)) and ".." not in value
+    if isinstance(value, (list, tuple)) and depth == 0:
+        return len(value) <= 16 and all(_plain(v, 1) for v in value)
+    return False
+
+
+def check_model_kwargs(kwargs: Any, where: str = "model options") -> dict:
+    """Constructor arguments as allowed by :data:`MODEL_KWARGS` with plain values; a MetadataError otherwise."""
+    if not isinstance(kwargs, dict):
+        raise MetadataError(f"{where}: expected a mapping of constructor arguments, got {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        if key not in MODEL_KWARGS:
+            raise MetadataError(f"{where}: {str(key)[:40]!r} is not an architecture option gencnn passes to a "
+                                f"constructor (allowed: {', '.join(sorted(MODEL_KWARGS))}); weights, downloads "
+                                "and trust are given only by their own flags")
+        if not _plain(value):
+            raise MetadataError(f"{where}: {key}={str(value)[:40]!r} is not a plain value (a number, a bool, a short "
+                                "name without path separators, or a short list of those)")
+    return dict(kwargs)
+
+
 @dataclass
 class ModelInfo:
-    """What a classifier expects and produces, besides its weights."""
+    """What a classifier expects and produces, besides its weights. Its dict form is the checkpoint's model
+    metadata, read back through :meth:`from_dict`, which validates every field: a file is data, never arguments."""
 
-    spec: str
+    model: str  # the spec, normalised: "timm:lenet_caffe", "tv:squeezenet1_1"
     num_classes: int
     in_chans: int
     input_size: tuple[int, int, int]
@@ -48,16 +104,70 @@ class ModelInfo:
     class_names: list[str] = field(default_factory=list)
     kwargs: dict = field(default_factory=dict)
 
+    @property
+    def spec(self) -> str:
+        """Deprecated name of :attr:`model` (one release)."""
+        warnings.warn("ModelInfo.spec is deprecated; use ModelInfo.model", DeprecationWarning, stacklevel=2)
+        return self.model
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelInfo:
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        d["input_size"] = tuple(d["input_size"])
-        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
-        return cls(**d)
+    def from_dict(cls, d: Any) -> ModelInfo:
+        """A validated ModelInfo from metadata; MetadataError names the first field outside the schema."""
+        if not isinstance(d, dict):
+            raise MetadataError(f"model metadata: expected a mapping, got {type(d).__name__}")
+        d = dict(d)
+        if "model" not in d and "spec" in d:  # format 1 called it spec
+            d["model"] = d.pop("spec")
+        missing = [k for k in ("model", "num_classes", "in_chans", "input_size", "mean", "std") if k not in d]
+        if missing:
+            raise MetadataError(f"model metadata: missing {', '.join(missing)}")
+        model = d["model"]
+        if not isinstance(model, str) or not 0 < len(model) <= 200:
+            raise MetadataError(f"model metadata: model must be a spec string, got {str(model)[:40]!r}")
+        try:
+            source, name = parse_spec(model)
+        except UnknownModelError as e:
+            raise MetadataError(f"model metadata: {e}") from None
+        num_classes = _int(d, "num_classes", 1, 1_000_000)
+        in_chans = _int(d, "in_chans", 1, 64)
+        size = d["input_size"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 3):
+            raise MetadataError(f"model metadata: input_size must be [channels, height, width], got {str(size)[:40]}")
+        size = tuple(_int({"input_size": v}, "input_size", 1, 8192) for v in size)
+        if size[0] != in_chans:
+            raise MetadataError(f"model metadata: input_size {size} does not start with in_chans={in_chans}")
+        mean, std = _floats(d, "mean", in_chans), _floats(d, "std", in_chans)
+        if any(v <= 0 for v in std):
+            raise MetadataError(f"model metadata: std must be > 0, got {std}")
+        names = d.get("class_names")
+        if names in (None, []):
+            names = [str(i) for i in range(num_classes)]
+        if not isinstance(names, list) or len(names) != num_classes:
+            raise MetadataError(f"model metadata: class_names must be a list of {num_classes} names")
+        for i, n in enumerate(names):
+            if not isinstance(n, str) or len(n) > 512 or _CONTROL.search(n):
+                raise MetadataError(f"model metadata: class_names[{i}] is not a printable name of <= 512 characters")
+        kwargs = check_model_kwargs(d.get("kwargs") or {}, "model metadata kwargs")
+        return cls(f"{source}:{name}", num_classes, in_chans, size, mean, std, list(names), kwargs)
+
+
+def _int(d: dict, key: str, lo: int, hi: int) -> int:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise MetadataError(f"model metadata: {key} must be an integer in [{lo}, {hi}], got {str(v)[:40]}")
+    return int(v)
+
+
+def _floats(d: dict, key: str, n: int) -> tuple[float, ...]:
+    v = d[key]
+    ok = isinstance(v, (list, tuple)) and len(v) == n and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    if not ok:
+        raise MetadataError(f"model metadata: {key} must be {n} finite numbers (one per channel), got {str(v)[:40]}")
+    return tuple(float(x) for x in v)
 
 
 def list_specs(pattern: str = "*") -> list[str]:
@@ -181,35 +291,41 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state)
 
 
-def _accepts(fn, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def create_model(
-    spec: str,
+    model: str,
     num_classes: int | None = None,
     in_chans: int | None = None,
     img_size: int | None = None,
     pretrained: bool = False,
-    weights_file: str | Path | None = None,
+    weights: str | Path | None = None,
     trust_pickle: bool = False,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     default_mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     class_names: list[str] | None = None,
+    weights_file: str | Path | None = None,
     **kwargs,
 ) -> tuple[nn.Module, ModelInfo]:
-    """Build the classifier named by ``spec`` and describe it.
+    """Build the classifier named by the spec ``model`` (``lenet``, ``timm:<name>``, ``tv:<name>``) and describe it.
 
-    ``pretrained=True`` asks timm/torchvision to download weights (needs a network); ``weights_file`` loads local
-    ones. Mean/std: explicit values, else the model's own when they fit ``in_chans``, else ``default_mean_std``
-    (the dataset's statistics), else ImageNet's for 3 channels and 0.5/0.5 otherwise. ``kwargs`` go to the
-    model constructor (e.g. ``drop_rate``, ``pad_type``).
+    Args:
+        model: the model spec.
+        num_classes, in_chans, img_size: the output classes, input channels and input side (None: the model's).
+        pretrained: ask timm/torchvision to download weights (needs a network; an explicit choice of the caller).
+        weights: a local weights file (safetensors, or a state dict read with ``torch.load(weights_only=True)``).
+        trust_pickle: unpickle ``weights`` fully (only for files you trust: a pickle can run code).
+        mean, std: the input normalisation; default the model's own when they fit ``in_chans``, else
+            ``default_mean_std`` (the dataset's statistics), else ImageNet's for 3 channels and 0.5/0.5 otherwise.
+        class_names: names of the outputs (default: ImageNet's for 1000-class zoo models, else "0", "1", ...).
+        weights_file: deprecated name of ``weights`` (one release).
+        **kwargs: architecture options for the constructor, from :data:`MODEL_KWARGS` (e.g. ``drop_rate``,
+            ``pad_type``).
     """
-    source, name = parse_spec(spec)
+    if weights_file is not None:
+        warnings.warn("create_model(weights_file=...) is deprecated; use weights=", DeprecationWarning, stacklevel=2)
+        weights = weights if weights is not None else weights_file
+    kwargs = check_model_kwargs(kwargs, "model options")
+    source, name = parse_spec(model)
     cfg_mean = cfg_std = None
     if source == "timm":
         model_kwargs = dict(kwargs)
@@ -220,36 +336,35 @@ def create_model(
         if img_size is not None:
             model_kwargs["img_size"] = img_size
         try:
-            model = timm.create_model(name, pretrained=pretrained, **model_kwargs)
+            net = timm.create_model(name, pretrained=pretrained, **model_kwargs)
         except TypeError as e:
             if "img_size" not in str(e):
                 raise
             model_kwargs.pop("img_size")  # convnets take any size; only some (ViTs) need it at construction
-            model = timm.create_model(name, pretrained=pretrained, **model_kwargs)
-        pcfg = getattr(model, "pretrained_cfg", {}) or {}
+            net = timm.create_model(name, pretrained=pretrained, **model_kwargs)
+        pcfg = getattr(net, "pretrained_cfg", {}) or {}
         cfg_mean, cfg_std = pcfg.get("mean"), pcfg.get("std")
-        real_in_chans = in_chans or getattr(model, "in_chans", None) or pcfg.get("input_size", (3,))[0]
+        real_in_chans = in_chans or getattr(net, "in_chans", None) or pcfg.get("input_size", (3,))[0]
         default_size = pcfg.get("input_size", (3, 224, 224))[1:]
-        if class_names is None and getattr(model, "num_classes", 0) == 1000 and name != "lenet_caffe":
+        if class_names is None and getattr(net, "num_classes", 0) == 1000 and name != "lenet_caffe":
             class_names = list(ImageNetInfo().label_descriptions())
     else:
         tv_kwargs = dict(kwargs)
         if num_classes is not None:
             tv_kwargs["num_classes"] = num_classes
-        weights = "DEFAULT" if pretrained else None
-        model = torchvision.models.get_model(name, weights=weights, **tv_kwargs)
+        net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **tv_kwargs)
         real_in_chans = in_chans or 3
         if real_in_chans != 3:
-            adapt_input_channels(model, real_in_chans)
+            adapt_input_channels(net, real_in_chans)
         cfg_mean, cfg_std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         default_size = (224, 224)
         if class_names is None and (num_classes or 1000) == 1000:
             w = torchvision.models.get_model_weights(name)
             class_names = list(next(iter(w)).meta.get("categories", [])) if len(w) else None
-    if weights_file is not None:
-        _load_weights(model, weights_file, trust_pickle)
+    if weights is not None:
+        _load_weights(net, weights, trust_pickle)
 
-    n_out = num_classes if num_classes is not None else getattr(model, "num_classes", 1000)
+    n_out = num_classes if num_classes is not None else getattr(net, "num_classes", 1000)
     if mean is None or std is None:
         if cfg_mean is not None and len(cfg_mean) == real_in_chans:
             mean, std = cfg_mean, cfg_std
@@ -260,14 +375,16 @@ def create_model(
         else:
             mean, std = (0.5,) * real_in_chans, (0.5,) * real_in_chans
     mean, std = _per_channel(mean, real_in_chans), _per_channel(std, real_in_chans)
+    if any(v <= 0 for v in std):
+        raise ValueError(f"std must be > 0 for every channel, got {std}")
     size = (img_size, img_size) if img_size is not None else tuple(default_size)
     info = ModelInfo(
-        spec=f"{source}:{name}", num_classes=int(n_out), in_chans=int(real_in_chans),
+        model=f"{source}:{name}", num_classes=int(n_out), in_chans=int(real_in_chans),
         input_size=(int(real_in_chans), int(size[0]), int(size[1])), mean=mean, std=std,
         class_names=list(class_names) if class_names else [str(i) for i in range(n_out)],
         kwargs=dict(kwargs),
     )
-    return model, info
+    return net, info
 
 
 def _per_channel(values, in_chans: int) -> tuple[float, ...]:
@@ -276,4 +393,6 @@ def _per_channel(values, in_chans: int) -> tuple[float, ...]:
         values = values * in_chans
     if len(values) != in_chans:
         raise ValueError(f"mean/std have {len(values)} values but the model takes {in_chans} channels")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"mean/std must be finite numbers, got {values}")
     return values

@@ -6,6 +6,7 @@ The glue between :mod:`nodes` (which score), :mod:`hmc` (how to sample) and file
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -13,13 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path
+from .files import atomic_path
 from .hmc import HMCConfig, HMCResult, hmc_sample, summarize
-from .nodes import NodeScore, node_score
+from .nodes import Node, NodeScore, node_score
+from .settings import to_argv
 from .specs import ModelInfo
 
 __all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "grid_pixels", "save_grid",
-           "save_npz", "load_preset"]
+           "save_npz", "load_preset", "sample_command", "default_preset", "DEFAULT_PRESETS"]
 
 
 @dataclass
@@ -34,10 +36,31 @@ class SampleRun:
 
 
 def load_preset(name_or_path: str | None = None, **overrides) -> HMCConfig:
-    """An HMCConfig from a preset in zoo_configs/hmc/ (lenet, alexnet_conv, alexnet_fc8) or a YAML path."""
+    """An HMCConfig from a preset in zoo_configs/hmc/ (lenet, alexnet_conv, alexnet_fc8, ...) or a YAML path."""
     from .config import HMC_PRESET_DIR, load_config
 
     return load_config(name_or_path, overrides, cls=HMCConfig, folder=HMC_PRESET_DIR)
+
+
+# The preset a model gets when none is named: by its input (small grey digits-like inputs, or photos).
+DEFAULT_PRESETS = {"small": "lenet_tuned", "large": "alexnet_fc8"}
+
+
+def default_preset(info: ModelInfo) -> str:
+    """The preset that suits a model's input: ``small`` for inputs up to 64 px, ``large`` otherwise."""
+    return DEFAULT_PRESETS["small" if max(info.input_size[1:]) <= 64 else "large"]
+
+
+def sample_command(source: str, node: str | Node | list, config: HMCConfig, device: str = "auto",
+                   weights: str | None = None, out: str = "samples.png", npz: str | None = "samples.npz") -> str:
+    """The ``gencnn sample`` command line that repeats a run with these settings (the GUI's "copy command"):
+    every sampler setting is spelled out, generated from :class:`HMCConfig`'s fields."""
+    nodes = node if isinstance(node, list) else [node]
+    argv = ["gencnn", "sample", str(source)] + (["--weights", str(weights)] if weights else [])
+    for n in nodes:
+        argv += ["--node", str(n)]
+    argv += to_argv(config) + ["--device", device, "--out", out] + (["--npz", npz] if npz else [])
+    return shlex.join(argv)
 
 
 def initial_states(info: ModelInfo, chains: int, sigma: float, seed: int, device: torch.device | str) -> torch.Tensor:
@@ -119,10 +142,8 @@ def _run_chains(score: NodeScore, x0: torch.Tensor, config: HMCConfig, callback=
                 noise_rows: torch.Tensor | None = None, noise_total: int | None = None) -> HMCResult:
     """``hmc_sample`` with a config's settings, from ``x0`` on its device."""
     g = torch.Generator(device=x0.device).manual_seed(config.seed)
-    return hmc_sample(score, x0, iters=config.iters, leapfrog_steps=1 if config.mala else config.leapfrog_steps,
-                      step_size=config.step_size, mass=config.mass, sigma=config.sigma, generator=g,
-                      callback=callback, adapt_steps=config.adapt_steps, target_accept=config.target_accept,
-                      precision=config.precision, stop=stop, noise_rows=noise_rows, noise_total=noise_total)
+    return hmc_sample(score, x0, config, generator=g, callback=callback, stop=stop, noise_rows=noise_rows,
+                      noise_total=noise_total)
 
 
 def to_pixels(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:

@@ -3,8 +3,9 @@ model is opened with ``open_model``, layers come from ``list_layers`` and sampli
 
 from __future__ import annotations
 
+import html
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,9 @@ import torch
 from PySide6.QtCore import QSettings, Qt, QThread, Signal
 from PySide6.QtGui import QAction, QColor, QGuiApplication, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (
-    QAbstractSpinBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -38,12 +37,12 @@ from PySide6.QtWidgets import (
 )
 
 from gencnn_plugin.checkpoint import open_model
-from gencnn_plugin.cli import sample_command
 from gencnn_plugin.config import HMC_PRESET_DIR, list_configs
 from gencnn_plugin.hmc import HMCConfig
-from gencnn_plugin.nodes import LOGITS, LayerInfo, list_layers
-from gencnn_plugin.visualize import SampleRun, load_preset, save_grid, save_npz
+from gencnn_plugin.nodes import LOGITS, LayerInfo, Node, NodeError, check_node, list_layers
+from gencnn_plugin.visualize import SampleRun, load_preset, sample_command, save_grid, save_npz
 
+from .form import SettingsForm
 from .worker import SampleJob, SamplerWorker
 
 __all__ = ["MainWindow", "Sparkline"]
@@ -206,26 +205,16 @@ class MainWindow(QMainWindow):
         self.preset = QComboBox()
         self.preset.addItems(list_configs(HMC_PRESET_DIR))
         self.preset.currentTextChanged.connect(self.apply_preset)
-        self.chains, self.iters, self.leapfrog, self.seed = QSpinBox(), QSpinBox(), QSpinBox(), QSpinBox()
-        for w, lo, hi in ((self.chains, 1, 4096), (self.iters, 1, 100_000), (self.leapfrog, 1, 1000),
-                          (self.seed, 0, 2**31 - 1)):
-            w.setRange(lo, hi)
-        self.step_size, self.mass, self.sigma = QDoubleSpinBox(), QDoubleSpinBox(), QDoubleSpinBox()
-        for w in (self.step_size, self.mass, self.sigma):
-            w.setDecimals(5)
-            w.setRange(1e-5, 1000.0)
-            w.setStepType(QAbstractSpinBox.AdaptiveDecimalStepType)
+        self.form = SettingsForm(HMCConfig)  # one widget per HMCConfig field, generated
+        for name, w in self.form.widgets.items():
+            setattr(self, name, w)  # window.chains, window.step_size, ... (what tests and scripts drive)
         self.device = QComboBox()
         self.device.addItems(["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())])
-        self.precision = QComboBox()
-        self.precision.addItems(["fp32", "bf16", "fp16"])
         sampler = QGroupBox("Sampler (HMC, paper section 3.4)")
         sf = QFormLayout(sampler)
-        for label, w in (("preset", self.preset), ("chains", self.chains), ("HMC iterations", self.iters),
-                         ("leapfrog steps", self.leapfrog), ("step size", self.step_size), ("mass", self.mass),
-                         ("sigma of q", self.sigma), ("seed", self.seed), ("device", self.device),
-                         ("precision", self.precision)):
-            sf.addRow(label, w)
+        sf.addRow("preset", self.preset)
+        sf.addRow(self.form)
+        sf.addRow("device", self.device)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.start)
         self.stop_button = QPushButton("Stop")
@@ -281,38 +270,29 @@ class MainWindow(QMainWindow):
         self.thread.start()
 
     # -- settings ----------------------------------------------------------------------------------------------
-    def _config_widgets(self) -> dict:
-        return {"chains": self.chains, "iters": self.iters, "leapfrog_steps": self.leapfrog, "seed": self.seed,
-                "step_size": self.step_size, "mass": self.mass, "sigma": self.sigma}
-
     def apply_preset(self, name: str) -> None:
         """Fill the sampler fields from a preset in zoo_configs/hmc/."""
-        if not name:
-            return
-        cfg = load_preset(name)
-        for key, w in self._config_widgets().items():
-            w.setValue(getattr(cfg, key))
-        self.precision.setCurrentText(cfg.precision)
+        if name:
+            self.form.set_values(load_preset(name))
 
     def config(self) -> HMCConfig:
-        """The sampler settings as shown (the preset's other fields, e.g. adapt_steps, kept)."""
-        base = asdict(load_preset(self.preset.currentText() or None))
-        base.update({k: w.value() for k, w in self._config_widgets().items()})
-        base["precision"] = self.precision.currentText()
-        return HMCConfig(**{f.name: base[f.name] for f in fields(HMCConfig)})
+        """The sampler settings as shown."""
+        return HMCConfig(**{**asdict(load_preset(self.preset.currentText() or None)), **self.form.values()})
 
     def _load_settings(self) -> None:
         s = self.settings
         self.preset.setCurrentText(s.value("preset", "lenet_sigma3"))
         self.apply_preset(self.preset.currentText())
-        for key, w in self._config_widgets().items():
-            if s.contains(f"sampler/{key}"):
-                w.setValue(type(w.value())(s.value(f"sampler/{key}")))
+        saved = {k: s.value(f"sampler/{k}") for k in self.form.widgets if s.contains(f"sampler/{k}")}
+        for key, value in saved.items():
+            try:
+                self.form.set_value(key, value)
+            except (TypeError, ValueError):
+                pass  # a value an older version stored: keep the preset's
         if s.value("device") in [self.device.itemText(i) for i in range(self.device.count())]:
             self.device.setCurrentText(s.value("device"))
         elif self.device.count() > 1:
             self.device.setCurrentIndex(1)  # the first GPU
-        self.precision.setCurrentText(s.value("precision", self.precision.currentText()))
         if s.value("geometry") is not None:
             self.restoreGeometry(s.value("geometry"))
         self._rebuild_recent()
@@ -320,10 +300,9 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         s = self.settings
         s.setValue("preset", self.preset.currentText())
-        for key, w in self._config_widgets().items():
-            s.setValue(f"sampler/{key}", w.value())
+        for key, value in self.form.values().items():
+            s.setValue(f"sampler/{key}", value)
         s.setValue("device", self.device.currentText())
-        s.setValue("precision", self.precision.currentText())
         s.setValue("geometry", self.saveGeometry())
         s.sync()
 
@@ -364,7 +343,7 @@ class MainWindow(QMainWindow):
         """Open a checkpoint (file or run folder) or a spec with optional weights; errors go to the message line."""
         self.stop()
         try:
-            model, info = open_model(source, weights_file=weights)
+            model, info = open_model(source, weights=weights)
             layers = list_layers(model, info)
         except Exception as e:  # a bad file must not take the app down
             self.show_error(f"Could not open {source}: {e}")
@@ -373,9 +352,10 @@ class MainWindow(QMainWindow):
         self.layers = {li.name: li for li in layers}
         self.show_error("")
         c, h, w = info.input_size
+        esc = html.escape  # file and class names are text, never markup
         self.model_label.setText(
-            f"<b>{info.spec}</b><br>{Path(str(source)).name + '<br>' if Path(str(source)).exists() else ''}"
-            f"{'weights ' + Path(weights).name + '<br>' if weights else ''}input {c}x{h}x{w}, mean "
+            f"<b>{esc(info.model)}</b><br>{esc(Path(str(source)).name) + '<br>' if Path(str(source)).exists() else ''}"
+            f"{'weights ' + esc(Path(weights).name) + '<br>' if weights else ''}input {c}x{h}x{w}, mean "
             f"{', '.join(f'{m:.3g}' for m in info.mean)}, std {', '.join(f'{s:.3g}' for s in info.std)}<br>"
             f"{info.num_classes} classes")
         self._fill_tree(layers)
@@ -471,42 +451,49 @@ class MainWindow(QMainWindow):
         self._node_changed()
 
     def node(self) -> str | None:
-        """The node string of the current picks, in the syntax of gencnn sample."""
+        """The node string of the current picks (:class:`Node`'s syntax, as gencnn sample takes it)."""
         li = getattr(self, "current_layer", None)
         if li is None:
             return None
         if li.name == LOGITS:
-            row = self.class_list.currentRow()
-            return f"{LOGITS}:{max(row, 0)}"
+            return str(Node.output(max(self.class_list.currentRow(), 0)))
         c, where = self.channel.value(), self.where.currentText()
-        if where == "channel mean":
-            return f"{li.name}:{c},mean"
-        if where == "position (y, x)":
-            return f"{li.name}:{c},{self.pos_y.value()},{self.pos_x.value()}"
-        if where == "token (y)":
-            return f"{li.name}:{c},{self.pos_y.value()}"
-        return f"{li.name}:{c}"
+        node = {"channel mean": lambda: Node.channel(li.name, c, mean=True),
+                "position (y, x)": lambda: Node.unit(li.name, c, self.pos_y.value(), self.pos_x.value()),
+                "token (y)": lambda: Node.token(li.name, c, self.pos_y.value())}.get(
+            where, lambda: Node.channel(li.name, c) if len(li.shape) == 3 else Node.feature(li.name, c))()
+        return str(node)
 
-    def set_node(self, node: str) -> None:
-        """Pick a node by string (LAYER:C, LAYER:C,Y,X, LAYER:C,mean, logits:K)."""
-        layer, _, rest = node.rpartition(":")
-        self.select_layer(layer)
-        parts = rest.split(",")
-        if layer == LOGITS:
-            self.class_list.setCurrentRow(int(parts[0]))
-            return
-        self.channel.setValue(int(parts[0]))
-        if len(parts) == 2 and parts[1] == "mean":
+    def set_node(self, text: str) -> bool:
+        """Pick a node by string (any form :class:`Node` parses, class names included); a node this model does
+        not have is shown as an error and changes nothing."""
+        try:
+            node = Node.parse(text, self.info.class_names if self.info else None)
+            li = self.layers.get(node.layer)
+            if li is None:
+                raise NodeError(f"no layer {node.layer!r} in {self.info.model if self.info else 'the model'}")
+            check_node(node, li)
+        except NodeError as e:
+            self.show_error(f"node {text!r}: {e}")
+            return False
+        self.select_layer(node.layer)
+        if node.layer == LOGITS:
+            self.class_search.clear()
+            self.class_list.setCurrentRow(node.index)
+            return True
+        self.channel.setValue(node.index)
+        if node.reduce == "mean":
             self.where.setCurrentText("channel mean")
-        elif len(parts) == 3:
+        elif len(node.position) == 2:
             self.where.setCurrentText("position (y, x)")
-            self.pos_y.setValue(int(parts[1]))
-            self.pos_x.setValue(int(parts[2]))
-        elif len(parts) == 2:
+            self.pos_y.setValue(node.position[0])
+            self.pos_x.setValue(node.position[1])
+        elif len(node.position) == 1:
             self.where.setCurrentText("token (y)")
-            self.pos_y.setValue(int(parts[1]))
+            self.pos_y.setValue(node.position[0])
         else:
             self.where.setCurrentIndex(0)
+        return True
 
     def _node_changed(self) -> None:
         node = self.node()

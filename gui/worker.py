@@ -12,8 +12,8 @@ import torch
 from PySide6.QtCore import QObject, Signal, Slot
 
 from gencnn_plugin.hmc import HMCConfig, HMCStep
+from gencnn_plugin.runtime import resolve_device
 from gencnn_plugin.specs import ModelInfo
-from gencnn_plugin.train import resolve_device
 from gencnn_plugin.visualize import grid_pixels, sample_node
 
 __all__ = ["SampleJob", "SamplerWorker", "grid_image"]

@@ -26,7 +26,7 @@ def test_round_trip_needs_only_the_file(tmp_path, spec, kw):
 def test_run_folder_is_accepted(tmp_path):
     model, info = create_model("lenet")
     save_checkpoint(tmp_path / "checkpoint.safetensors", model, info)
-    assert read_metadata(tmp_path)["model"]["spec"] == "timm:lenet_caffe"
+    assert read_metadata(tmp_path)["model"]["model"] == "timm:lenet_caffe"
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
@@ -61,7 +61,7 @@ def test_wrong_architecture_names_the_keys(tmp_path):
     from safetensors.torch import save_file
 
     model, info = create_model("lenet")
-    meta = {"format_version": 1, "model": {**info.to_dict(), "num_classes": 5}}
+    meta = {"format_version": 1, "model": {**info.to_dict(), "num_classes": 5, "class_names": list("abcde")}}
     save_file(model.state_dict(), str(tmp_path / "c.safetensors"), metadata={"gencnn": json.dumps(meta)})
     with pytest.raises(CheckpointError, match="fc2"):
         load_checkpoint(tmp_path / "c.safetensors")

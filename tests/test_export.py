@@ -62,7 +62,7 @@ def test_classifier_parity(exported, spec, in_chans, img_size):
     assert [c["batch"] for c in report.cases] == [1, 3] and report.max_abs_diff < 1e-4
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["arch"] == info.spec and meta["output"] == "logits" and meta["opset"] == "18"
+    assert meta["model"] == meta["arch"] == info.model and meta["output"] == "logits" and meta["opset"] == "18"
     assert meta["exporter"] == DEFAULT_EXPORTER
     assert meta["input_size"] == f"[{in_chans}, {img_size}, {img_size}]" and len(eval(meta["class_names"])) == 5
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -155,7 +155,7 @@ def test_external_data_is_one_artifact(tmp_path):
 def test_fp16_export(tmp_path):
     torch.manual_seed(0)
     model, info = create_model("lenet")
-    result = export_onnx(model, tmp_path / "lenet16.onnx", info=info, fp16=True)
+    result = export_onnx(model, tmp_path / "lenet16.onnx", info=info, precision="fp16")
     proto = onnx.load(str(result.path))
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     report = verify_onnx(result.path, model, info, repeats=1)

@@ -36,7 +36,7 @@ def window(qtbot, tmp_path):
 def small(window, chains=4, iters=3, leapfrog=5):
     window.chains.setValue(chains)
     window.iters.setValue(iters)
-    window.leapfrog.setValue(leapfrog)
+    window.leapfrog_steps.setValue(leapfrog)
 
 
 def test_open_pick_run_save(window, qtbot, lenet_ckpt, tmp_path):
@@ -63,7 +63,8 @@ def test_open_pick_run_save(window, qtbot, lenet_ckpt, tmp_path):
     assert np.load(npz)["samples"].shape == (4, 1, 28, 28)
     window.copy_command()
     cmd = QGuiApplication.clipboard().text()
-    assert cmd.startswith(f"gencnn sample {lenet_ckpt} --node conv2:7,2,3 --chains 4 --iters 4 --leapfrog-steps 5")
+    assert cmd.startswith(f"gencnn sample {lenet_ckpt} --node conv2:7,2,3 --iters 4 --leapfrog-steps 5")
+    assert " --chains 4 " in cmd
 
 
 def test_stop_mid_run_returns_quickly(window, qtbot, lenet_ckpt):

@@ -24,7 +24,7 @@ from gencnn_plugin.config import ConfigError
 from gencnn_plugin.hmc import HMCConfig
 from gencnn_plugin.nodes import NodeError, parse_node
 from gencnn_plugin.specs import WeightsError
-from gencnn_plugin.train import NonFiniteLossError, TrainingInterrupted
+from gencnn_plugin.trainer import NonFiniteLossError, TrainingInterrupted
 from gencnn_plugin.visualize import sample_node
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def _one_line_error(capsys, command: str) -> str:
     ["sample", "lenet", "--weights", "{w}", "--node", "logits:1", "--iters", "1", "--chains", "1"],
     ["export", "lenet", "--weights", "{w}", "--out", "{tmp}/x.onnx", "--exporter", "legacy"],
     ["nodes", "lenet", "--weights", "{w}"],
-    ["train", "lenet_mnist", "--dataset", "synthetic", "--weights-file", "{w}", "--mode", "dg", "--epochs", "1",
+    ["train", "lenet_mnist", "--dataset", "synthetic", "--weights", "{w}", "--mode", "dg", "--epochs", "1",
      "--out", "{tmp}/r"],
 ], ids=["eval-weights", "eval-checkpoint", "sample", "export", "nodes", "train"])
 def test_cli_refuses_a_hostile_pickle(hostile, tmp_path, capsys, argv):
@@ -84,9 +84,9 @@ def test_cli_refuses_a_hostile_pickle(hostile, tmp_path, capsys, argv):
 def test_python_api_refuses_a_hostile_pickle(hostile, tmp_path):
     weights, marker = hostile
     with pytest.raises(WeightsError, match="refused to unpickle.*--trust-pickle"):
-        create_model("lenet", weights_file=weights)
+        create_model("lenet", weights=weights)
     with pytest.raises(WeightsError, match="refused"):
-        open_model("lenet", weights_file=weights)
+        open_model("lenet", weights=weights)
     state_dir = tmp_path / "run"
     state_dir.mkdir()
     torch.save({"epoch": 1, "payload": _Touch(marker)}, state_dir / "train_state.pt")
@@ -115,8 +115,8 @@ def test_trusting_a_pickle_is_an_explicit_opt_in(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=0.1)}, path)  # harmless, not allowed
     with pytest.raises(WeightsError, match="refused"):
-        create_model("lenet", weights_file=path)
-    loaded, _ = create_model("lenet", weights_file=path, trust_pickle=True)
+        create_model("lenet", weights=path)
+    loaded, _ = create_model("lenet", weights=path, trust_pickle=True)
     torch.testing.assert_close(loaded.state_dict()["fc2.weight"], model.state_dict()["fc2.weight"])
 
 
@@ -233,8 +233,23 @@ def test_ctrl_c_in_the_api_raises_training_interrupted(tmp_path):
         if msg.startswith("epoch   1/"):
             raise KeyboardInterrupt
 
-    with pytest.raises(TrainingInterrupted, match=r"interrupted in epoch 1; no epoch had finished"):
+    match = r"interrupted in epoch 1; the checkpoint of epoch 1 is kept .*--resume"
+    with pytest.raises(TrainingInterrupted, match=match):
         train(load_config(None, {**TINY, "out": str(tmp_path)}), log=interrupt_in_epoch_2)
+
+
+def test_ctrl_c_before_the_first_epoch_ends_does_not_advise_resume(tmp_path, monkeypatch, capsys):
+    trainer = sys.modules["gencnn_plugin.trainer"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match=r"no epoch had finished.*--overwrite --out"):
+        train(load_config(None, {**TINY, "out": str(run)}), log=quiet)
+    assert main(["train", "--resume", str(run)]) == 2  # and --resume says why it cannot, in one line
+    assert "no epoch of that run had finished" in _one_line_error(capsys, "train")
 
 
 def test_non_finite_loss_names_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
@@ -242,13 +257,13 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_the_checkpoint(tmp_path)
     good = load_checkpoint(tmp_path)[0].state_dict()["fc2.weight"].clone()
     match = r"epoch 2 at step \d+ of \d+ \(\w+\); the last good checkpoint .*epoch 1"
     with pytest.raises(NonFiniteLossError, match=match):
-        train(load_config(None, {**TINY, "mode": "dg", "lr": 1e12, "lr_policy": "fixed", "resume": str(tmp_path)}),
+        train(load_config(None, {**TINY, "mode": "dg", "lr": 1e6, "lr_policy": "fixed", "resume": str(tmp_path)}),
               log=quiet)
     torch.testing.assert_close(load_checkpoint(tmp_path)[0].state_dict()["fc2.weight"], good)
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    trainer = sys.modules["gencnn_plugin.train"]  # the module (the package's ``train`` is the function)
+    trainer = sys.modules["gencnn_plugin.trainer"]
 
     train(load_config(None, {**TINY, "epochs": 1, "out": str(tmp_path)}), log=quiet)
     real = trainer.save_checkpoint
@@ -267,10 +282,10 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
 
 # -- 4. bad parameters -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv,match", [
-    (["sample", "lenet", "--node", "logits:1", "--step-size", "0"], "step_size must be a positive number"),
-    (["sample", "lenet", "--node", "logits:1", "--step-size", "-1"], "step_size must be a positive number"),
-    (["sample", "lenet", "--node", "logits:1", "--leapfrog-steps", "0"], "leapfrog_steps must be >= 1"),
-    (["sample", "lenet", "--node", "logits:1", "--chains", "0"], "chains must be >= 1"),
+    (["sample", "lenet", "--node", "logits:1", "--step-size", "0"], "step_size: must be > 0"),
+    (["sample", "lenet", "--node", "logits:1", "--step-size", "-1"], "step_size: must be > 0"),
+    (["sample", "lenet", "--node", "logits:1", "--leapfrog-steps", "0"], "leapfrog_steps: must be >= 1"),
+    (["sample", "lenet", "--node", "logits:1", "--chains", "0"], "chains: must be >= 1"),
     (["sample", "lenet", "--node", "logits:10"], r"logits has 10 outputs \(0-9\)"),
     (["sample", "lenet", "--node", "conv2:3,9,9"], "out of range"),
     (["sample", "lenet", "--node", "conv9:1"], "no layer 'conv9'"),
@@ -293,10 +308,10 @@ def test_cuda_out_of_memory_retries_with_fewer_chains(monkeypatch):
 
     real = vis.hmc_sample
 
-    def small_device(score, x0, **kw):
+    def small_device(score, x0, *args, **kw):
         if x0.shape[0] > 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(score, x0, **kw)
+        return real(score, x0, *args, **kw)
 
     monkeypatch.setattr(vis, "hmc_sample", small_device)
     model, info = create_model("lenet")
@@ -310,11 +325,11 @@ def test_cuda_out_of_memory_retries_with_fewer_chains(monkeypatch):
 def test_an_exploding_score_is_rejected_never_nan(capsys, tmp_path):
     torch.manual_seed(0)
     model, info = create_model("lenet")
-    run = sample_node(model, info, "fc1:3", HMCConfig(chains=4, iters=5, leapfrog_steps=5, step_size=1e6))
+    run = sample_node(model, info, "fc1:3", HMCConfig(chains=4, iters=5, leapfrog_steps=5, step_size=1e5))
     assert torch.isfinite(run.result.x).all() and run.result.summary["accept_rate"] == 0.0
     assert "no proposal was accepted" in run.warnings[-1]
     assert main(["sample", "lenet", "--node", "fc1:3", "--chains", "2", "--iters", "2", "--leapfrog-steps", "2",
-                 "--step-size", "1e30", "--out", str(tmp_path / "s.png")]) == 0
+                 "--step-size", "1e6", "--out", str(tmp_path / "s.png")]) == 0
     assert "warning: no proposal was accepted" in capsys.readouterr().err
 
 
@@ -332,7 +347,7 @@ def test_a_long_gui_session_does_not_grow_memory(qtbot, tmp_path):
     window.open_source("lenet")
     window.chains.setValue(4)
     window.iters.setValue(1000)
-    window.leapfrog.setValue(2)
+    window.leapfrog_steps.setValue(2)
     sizes = []
     for cycle in range(200):
         with qtbot.waitSignal(window.worker.progress, timeout=10_000):

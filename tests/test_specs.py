@@ -108,7 +108,7 @@ def test_weights_file_round_trip(tmp_path):
     torch.save(model.state_dict(), tmp_path / "w.pt")
     x = torch.randn(2, 1, 28, 28)
     for name in ("w.safetensors", "w.pt"):
-        other, _ = create_model("lenet", weights_file=tmp_path / name)
+        other, _ = create_model("lenet", weights=tmp_path / name)
         torch.testing.assert_close(other.eval()(x), model.eval()(x))
 
 
@@ -120,7 +120,7 @@ def test_local_imagenet_weights_classify_a_photo(shared_dir, spec, file, kwargs,
     import torchvision.transforms as T
     from PIL import Image
 
-    model, info = create_model(spec, weights_file=shared_dir / "weights" / file, mean=norm, std=norm, **kwargs)
+    model, info = create_model(spec, weights=shared_dir / "weights" / file, mean=norm, std=norm, **kwargs)
     tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(info.mean, info.std)])
     x = tf(Image.open(shared_dir / "data" / "images" / "chelsea.png").convert("RGB"))[None]
     with torch.no_grad():

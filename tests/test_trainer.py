@@ -89,7 +89,7 @@ def test_zoo_recipe_on_one_channel_input(tmp_path):
                                              out=str(tmp_path), device="cpu", mode="gg", batch_size=32))
     summary = train(cfg, log=quiet)
     model, info, _ = load_checkpoint(tmp_path)
-    assert info.spec == "timm:resnet18" and info.in_chans == 1 and model.conv1.in_channels == 1
+    assert info.model == "timm:resnet18" and info.in_chans == 1 and model.conv1.in_channels == 1
     assert summary["test_error"] is not None
 
 
