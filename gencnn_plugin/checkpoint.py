@@ -99,9 +99,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except MetadataError as e:
         raise CheckpointError(f"{path}: {e}") from None
     # only the validated description reaches the constructor: no weights file, trust or download from a file
-    model, _ = create_model(info.model, num_classes=info.num_classes, in_chans=info.in_chans,
-                            img_size=info.input_size[-1], mean=info.mean, std=info.std,
-                            class_names=info.class_names, **info.kwargs)
+    try:
+        model, _ = create_model(info.model, num_classes=info.num_classes, in_chans=info.in_chans,
+                                img_size=info.input_size[-1], mean=info.mean, std=info.std,
+                                class_names=info.class_names, **info.kwargs)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: its model description does not build {info.model} ({first})") from None
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # e.g. a header intact, the data cut short

@@ -136,8 +136,9 @@ def _add_model_source(p, spec_options: bool = True) -> None:
 def _open(args, device="cpu"):
     """The model and its info for a MODEL argument; warns when a spec runs with random weights."""
     from .checkpoint import open_model
+    from .specs import check_model_kwargs
 
-    kwargs = _key_values(getattr(args, "model_arg", []), "--model-arg")
+    kwargs = check_model_kwargs(_key_values(getattr(args, "model_arg", []), "--model-arg"), "--model-arg")
     if getattr(args, "num_classes", None) is not None:
         kwargs["num_classes"] = args.num_classes
     if getattr(args, "mean", None):

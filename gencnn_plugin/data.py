@@ -102,10 +102,11 @@ def _dataset(name: str) -> IdxDataset:
 
 
 def find_idx(name: str, data_dir: str | Path | None = None) -> Path:
-    """The folder holding a dataset's four idx files: ``data_dir``, then ``$GENCNN_DATA``, each as is or with the
-    dataset's sub-folders (``mnist``, ``MNIST/raw``; ``fashion-mnist``, ``FashionMNIST/raw``)."""
+    """The folder holding a dataset's four idx files: ``data_dir`` if given, else ``$GENCNN_DATA``, each as is or
+    with the dataset's sub-folders (``mnist``, ``MNIST/raw``; ``fashion-mnist``, ``FashionMNIST/raw``)."""
     spec = _dataset(name)
-    roots = [Path(p) for p in (data_dir, os.environ.get("GENCNN_DATA")) if p]
+    root = data_dir if data_dir is not None and str(data_dir) else os.environ.get("GENCNN_DATA")
+    roots = [Path(root)] if root else []
     tried = []
     for root in roots:
         for cand in (root, *(root / sub for sub in spec.folders)):

@@ -76,8 +76,8 @@ def set_threads(threads: int | None) -> int:
     if threads is None and os.environ.get("GENCNN_THREADS", "").isdigit():
         threads = int(os.environ["GENCNN_THREADS"])
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        if not 1 <= threads <= 1024:
+            raise ValueError(f"threads must be in [1, 1024], got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 

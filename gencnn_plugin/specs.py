@@ -81,9 +81,14 @@ def check_model_kwargs(kwargs: Any, where: str = "model options") -> dict:
         raise MetadataError(f"{where}: expected a mapping of constructor arguments, got {type(kwargs).__name__}")
     for key, value in kwargs.items():
         if key not in MODEL_KWARGS:
+            close = difflib.get_close_matches(str(key), sorted(MODEL_KWARGS), n=3)
+            own = {"num_classes": "--num-classes", "in_chans": "--in-chans", "img_size": "--img-size",
+                   "mean": "--mean", "std": "--std", "weights": "--weights", "weights_file": "--weights",
+                   "trust_pickle": "--trust-pickle"}
+            hint = (f"; use {own[key]}" if key in own else f"; did you mean {', '.join(close)}?" if close else
+                    "; the allowed ones are gencnn_plugin.specs.MODEL_KWARGS (drop_rate, pad_type, global_pool, ...)")
             raise MetadataError(f"{where}: {str(key)[:40]!r} is not an architecture option gencnn passes to a "
-                                f"constructor (allowed: {', '.join(sorted(MODEL_KWARGS))}); weights, downloads "
-                                "and trust are given only by their own flags")
+                                f"constructor (weights, downloads and trust have their own flags){hint}")
         if not _plain(value):
             raise MetadataError(f"{where}: {key}={str(value)[:40]!r} is not a plain value (a number, a bool, a short "
                                 "name without path separators, or a short list of those)")
@@ -325,6 +330,10 @@ def create_model(
         warnings.warn("create_model(weights_file=...) is deprecated; use weights=", DeprecationWarning, stacklevel=2)
         weights = weights if weights is not None else weights_file
     kwargs = check_model_kwargs(kwargs, "model options")
+    for key, value, lo, hi in (("num_classes", num_classes, 1, 1_000_000), ("in_chans", in_chans, 1, 64),
+                               ("img_size", img_size, 8, 8192)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi):
+            raise ValueError(f"{key} must be an integer in [{lo}, {hi}], got {str(value)[:40]!r}")
     source, name = parse_spec(model)
     cfg_mean = cfg_std = None
     if source == "timm":
@@ -365,15 +374,17 @@ def create_model(
         _load_weights(net, weights, trust_pickle)
 
     n_out = num_classes if num_classes is not None else getattr(net, "num_classes", 1000)
-    if mean is None or std is None:
+    if mean is None or std is None:  # the default for whichever was not given
         if cfg_mean is not None and len(cfg_mean) == real_in_chans:
-            mean, std = cfg_mean, cfg_std
+            default = cfg_mean, cfg_std
         elif default_mean_std is not None:
-            mean, std = default_mean_std
+            default = default_mean_std
         elif real_in_chans == 3:
-            mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+            default = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         else:
-            mean, std = (0.5,) * real_in_chans, (0.5,) * real_in_chans
+            default = (0.5,) * real_in_chans, (0.5,) * real_in_chans
+        mean = default[0] if mean is None else mean
+        std = default[1] if std is None else std
     mean, std = _per_channel(mean, real_in_chans), _per_channel(std, real_in_chans)
     if any(v <= 0 for v in std):
         raise ValueError(f"std must be > 0 for every channel, got {std}")

@@ -171,3 +171,20 @@ def test_signals_do_not_leak_references(window):
     for _ in range(500):
         window.worker.started.emit(1)
     assert sys.getrefcount(True) >= before - 5
+
+
+def test_nodes_by_class_name_and_bad_nodes_are_errors(window):
+    assert window.open_source("tv:squeezenet1_1")  # class names come with the spec, weights or not
+    assert window.set_node("espresso") and window.node() == "logits:967"
+    assert "espresso" in window.node_label.text()
+    assert window.set_node("features.3.expand1x1:7,2,3") and window.node() == "features.3.expand1x1:7,2,3"
+    for bad in ("no such class", "logits:1000", "features.3:9999", "conv9:1"):
+        assert not window.set_node(bad)
+        assert bad in window.error_label.text() and window.node() == "features.3.expand1x1:7,2,3"
+
+
+def test_file_names_are_shown_as_text_not_markup(window, tmp_path):
+    model, info = create_model("lenet")
+    path = save_checkpoint(tmp_path / "<b>bold<b><img src=x>.safetensors", model, info)
+    assert window.open_source(str(path))
+    assert "&lt;b&gt;bold&lt;b&gt;&lt;img src=x&gt;" in window.model_label.text()
