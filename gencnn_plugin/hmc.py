@@ -44,6 +44,8 @@ class HMCConfig:
                                   "paper)", ge=0, le=10_000_000, label="adapt steps")
     target_accept: float = setting(0.65, "acceptance rate that dual averaging aims at", gt=0, lt=1)
     mala: bool = setting(False, "Langevin: one leapfrog step per iteration (MALA)")
+    temperature: float = setting(1.0, "T of p ~ exp(f_y(x) / T) q(x): 1 is the paper's model; T < 1 sharpens the "
+                                      "tilt (T -> 0: activation maximisation under the Gaussian prior)", gt=0, le=1e6)
     precision: str = setting("fp32", "the score's precision (energies stay float32): fp32 (TF32 off), tf32, bf16, "
                                      "fp16", choices=PRECISIONS)
 
@@ -82,9 +84,9 @@ class HMCResult:
     summary: dict = field(default_factory=dict)
 
 
-def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, precision: str = "fp32"
+def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, precision: str = "fp32", temperature: float = 1.0
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """U(x) = -f(x) + |x|^2 / (2 sigma^2) per chain, dU/dx = -df/dx + x / sigma^2, and f(x); all float32.
+    """U(x) = -f(x) / T + |x|^2 / (2 sigma^2) per chain, dU/dx = -df/dx / T + x / sigma^2, and f(x); all float32.
 
     Only f goes through autograd: the Gaussian term's gradient is written out. Chains are independent, so
     d(sum_b f_b)/dx_b = df_b/dx_b.
@@ -96,8 +98,8 @@ def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, precision: str =
         df = torch.autograd.grad(f.sum(), xg)[0] if f.requires_grad else torch.zeros_like(xg)
     x = x.detach().float()
     inv_var = 1.0 / sigma / sigma  # never sigma**2: a huge sigma would overflow a Python float
-    u = -f.detach() + x.pow(2).flatten(1).sum(1) * (inv_var / 2)
-    return u, x * inv_var - df.float(), f.detach()
+    u = -f.detach() / temperature + x.pow(2).flatten(1).sum(1) * (inv_var / 2)
+    return u, x * inv_var - df.float() / temperature, f.detach()
 
 
 def leapfrog(x, phi, grad, energy, step_size, steps: int, mass: float, stop: Callable[[], bool] | None = None):
@@ -130,7 +132,7 @@ def hmc_sample(
     noise_total: int | None = None,
     **overrides,
 ) -> HMCResult:
-    """Draw ``B = x0.shape[0]`` chains from exp(f(x)) N(x; 0, sigma^2 I) by HMC, starting at ``x0``.
+    """Draw ``B = x0.shape[0]`` chains from exp(f(x) / T) N(x; 0, sigma^2 I) by HMC, starting at ``x0``.
 
     Args:
         score_fn: maps (B, ...) to (B,), the node's f_y.
@@ -162,7 +164,7 @@ def hmc_sample(
         generator = torch.Generator(device=device).manual_seed(0)
 
     def energy(x):
-        return potential(score_fn, x, sigma, config.precision)
+        return potential(score_fn, x, sigma, config.precision, config.temperature)
 
     t0 = time.perf_counter()
     x = x0.detach().float().clone()
