@@ -348,7 +348,21 @@ def make_loader(name: str, data_dir: str | Path | None, split: str, input_size: 
 
     In-memory datasets (MNIST, Fashion-MNIST, synthetic) live on ``device`` and are batched by indexing; the
     training split is shuffled from (seed, epoch) and, under DDP, sharded by rank. Image folders stream through a
-    DataLoader (``workers`` processes). Labels must fit ``num_classes``.
+    DataLoader (``workers`` processes).
+
+    Args:
+        name: ``mnist``, ``fashion-mnist``, ``synthetic`` or ``imagefolder``.
+        data_dir: the dataset folder (None: ``$GENCNN_DATA``).
+        split: ``train`` or ``test`` (an image folder's ``val``).
+        input_size, mean, std: the model's (C, H, W) and normalisation; images are resized and normalised to fit.
+        device: where in-memory datasets and batches live.
+        batch_size: examples per batch.
+        num_classes: the model's outputs; labels outside [0, num_classes) are a DataError.
+        seed: data order (and the synthetic set's content).
+        subset: the first N training examples only.
+        workers: DataLoader processes for image folders.
+        rank, world_size: this process's share of the training split under DDP.
+        classes: the training split's class names, which fix an image folder's label indices.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -348,8 +348,17 @@ def verify_onnx(path: str | Path, model: nn.Module, info: ModelInfo, *, node: st
                 seed: int = 0) -> ParityReport:
     """Run the ONNX file and the PyTorch model on random inputs (batch 1 and > 1) and ``inputs`` (real images).
 
-    ``atol`` defaults to 1e-4 for float32 graphs and 1e-2 for float16 ones. Latency: median of ``repeats``
-    interleaved calls per batch size, ONNX Runtime with as many threads as torch.
+    Args:
+        path: the exported ``.onnx``.
+        model, info: the PyTorch model and its ModelInfo (the reference).
+        node: the node the file scores (as exported), or None for the logits.
+        inputs: real images, normalised (e.g. :func:`real_inputs`).
+        batches: the random batch sizes compared and timed.
+        atol: the largest allowed |onnx - torch|; default 1e-4 for float32 graphs and 1e-2 for float16 ones.
+        providers: ONNX Runtime execution providers (default: CUDA when available, else CPU).
+        threads: ONNX Runtime's intra-op threads (default: as many as torch uses).
+        repeats: timed calls per batch size; latency is the median of interleaved calls of both runtimes.
+        seed: the random inputs' seed.
     """
     import onnx
     import onnxruntime as ort

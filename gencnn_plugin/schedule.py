@@ -61,6 +61,18 @@ class GenerativeSchedule:
     Call :meth:`start_epoch` before an epoch; each step :meth:`apply_lr`, :meth:`loss` (once per training step: it
     also records the ESS) and, after ``optimizer.step()``, :meth:`step`; then :meth:`end_epoch`, where ``auto``
     mode reads the epoch's mean ESS (one host sync per epoch).
+
+    Args:
+        mode: ``dg``, ``gg``, ``gg+dg`` or ``auto`` (:data:`MODES`).
+        base_lr: the learning rate of the first phase.
+        epochs, steps_per_epoch: the run's length, for policies that need the phase's length (cosine).
+        switch_epoch: ``gg+dg``: the number of GG epochs.
+        switch_lr: the base learning rate of the DG phase (default: ``base_lr``).
+        ess_threshold, ess_plateau: ``auto`` switches after an epoch whose mean normalised ESS is below the
+            threshold or fell by less than the plateau fraction.
+        lr_policy: an :class:`LRPolicy` (None: the base rate throughout).
+        track_ess: record the importance-sampling ESS of eq. (7) each step (on the device).
+        gg_estimator: under DDP, ``local`` (each process's batch is q's sample) or ``global`` (all of them).
     """
 
     def __init__(self, mode: str = "gg+dg", base_lr: float = 0.01, epochs: int = 25, steps_per_epoch: int = 1,

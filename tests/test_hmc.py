@@ -154,3 +154,14 @@ def test_rhat_is_computed_within_each_node_group():
                    torch.zeros(16, 2), iters=40, leapfrog_steps=5, step_size=0.3, mass=1.0, generator=gen())
     assert summarize(r, groups=1)["rhat_score"] > 1.5
     assert summarize(r, groups=2)["rhat_score"] < 1.2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.25])
+def test_temperature_scales_the_tilt(temperature):
+    """f(x) = a.x with q = N(0, s^2 I) at temperature T: p(x) ~ exp(a.x / T) q(x) = N(s^2 a / T, s^2 I)."""
+    a, s = torch.tensor([1.0, -2.0, 0.5]), 0.6
+    r = hmc_sample(lambda x: x @ a, torch.zeros(3000, 3), iters=30, leapfrog_steps=10, step_size=0.3, mass=1.0,
+                   sigma=s, temperature=temperature, generator=gen(4))
+    torch.testing.assert_close(r.x.mean(0), s**2 * a / temperature, atol=0.05, rtol=0)
+    torch.testing.assert_close(r.x.var(0), torch.full((3,), s**2), atol=0.05, rtol=0)
+    assert torch.allclose(r.trace["score"][-1], r.x @ a)  # the trace keeps f itself, not f / T
