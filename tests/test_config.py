@@ -65,3 +65,19 @@ def test_bad_recipe_files(tmp_path):
     (tmp_path / "evil.yaml").write_text("lr: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "evil.yaml")
+
+
+def test_set_null_is_explicit_and_applies_after_the_flags():
+    assert load_config("lenet_mnist", {"epochs": 20}).epochs == 20
+    with pytest.raises(ConfigError, match="epochs: expected int"):
+        load_config("lenet_mnist", {"epochs": 20}, explicit={"epochs": None})
+    assert load_config("lenet_mnist", {"epochs": 20}, explicit={"train_subset": None}).train_subset is None
+
+
+def test_old_keys_are_renamed_with_a_warning():
+    with pytest.warns(FutureWarning, match="'amp' is deprecated; use 'precision'"):
+        assert load_config("lenet_mnist", {"amp": "none"}).precision == "fp32"
+    with pytest.warns(FutureWarning, match="weights_file"):
+        assert load_config("lenet_mnist", {"weights_file": "w.safetensors"}).weights == "w.safetensors"
+    with pytest.warns(UserWarning, match="trust is given only on the command line"):
+        assert not hasattr(load_config("lenet_mnist", {"trust_pickle": True}), "trust_pickle")

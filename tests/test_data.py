@@ -57,3 +57,10 @@ def test_fashion_mnist_from_its_idx_files(data_dir):
     assert train.class_names[0] == "T-shirt/top" and train.class_names[9] == "Ankle boot"
     pixels = train.images.float() / 255  # the statistics recorded as its default normalisation
     assert abs(pixels.mean() - 0.2860) < 1e-3 and abs(pixels.std() - 0.3530) < 1e-3
+
+
+def test_an_explicit_data_dir_is_the_only_place_looked(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("GENCNN_DATA", str(data_dir))  # MNIST is there, but the user named another folder
+    with pytest.raises(DataNotFoundError, match=str(tmp_path)):
+        find_mnist(tmp_path)
+    assert find_mnist(None).is_dir()

@@ -125,3 +125,10 @@ def test_local_imagenet_weights_classify_a_photo(shared_dir, spec, file, kwargs,
     x = tf(Image.open(shared_dir / "data" / "images" / "chelsea.png").convert("RGB"))[None]
     with torch.no_grad():
         assert expected in info.class_names[model.eval()(x).argmax(1).item()]
+
+
+def test_a_mean_without_a_std_is_kept():
+    _, info = create_model("lenet", mean=(0.5,))
+    assert info.mean == (0.5,) and info.std == pytest.approx((256 / 255,))  # the std alone is the default
+    _, info = create_model("lenet", std=(2.0,))
+    assert info.mean == (0.0,) and info.std == (2.0,)
