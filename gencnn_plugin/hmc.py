@@ -240,8 +240,13 @@ def summarize(result: HMCResult, warmup: int = 0, groups: int = 1) -> dict:
         "mean_abs_energy_error": float(finite_dh.abs().mean()) if finite_dh.numel() else float("nan"),
         "nonfinite_proposals": int((~torch.isfinite(tr["energy_error"])).sum()),
         "final_score_mean": float(tr["score"][-1].mean()) if result.iters_done else float("nan"),
-        "ess_score": min(effective_sample_size(g) for g in per_group),
-        "rhat_score": max(split_rhat(g) for g in per_group),
+        "ess_score": _worst([effective_sample_size(g) for g in per_group], min),
+        "rhat_score": _worst([split_rhat(g) for g in per_group], max),
         "seconds": result.seconds, "grad_evals": result.grad_evals * b,
         "grad_evals_per_second": result.grad_evals * b / max(result.seconds, 1e-9),
     }
+
+
+def _worst(values: list[float], pick) -> float:
+    """The worst group's value; nan (undefined, e.g. a group stuck at one state) counts as worst."""
+    return float("nan") if any(v != v for v in values) else float(pick(values))
