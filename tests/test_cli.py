@@ -50,5 +50,15 @@ def test_errors_are_one_line_with_exit_2(argv, match, capsys):
 
 
 def test_module_entry_point_and_console_script():
+    from pathlib import Path
+
+    from gencnn_plugin import __version__
+
     out = subprocess.run([sys.executable, "-m", "gencnn_plugin", "--version"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.startswith("gencnn ")
+    assert out.returncode == 0 and out.stdout.strip() == f"gencnn {__version__}"
+    script = Path(sys.executable).parent / "gencnn"  # the console script pip installed beside this interpreter
+    assert script.is_file(), "gencnn is not installed as a console script (pip install -e .)"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"gencnn {__version__}"
+    out = subprocess.run([str(script), "sample", "lenet", "--node", "conv9:1"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("gencnn sample: error: no layer 'conv9'")

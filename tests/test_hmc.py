@@ -72,12 +72,19 @@ def test_seeded_runs_are_reproducible():
     assert torch.equal(run(), run())
 
 
-def test_low_precision_score_keeps_float32_energies():
+def test_low_precision_score_keeps_float32_energies_and_samples_the_target():
+    """A bf16 score: states, energies and traces stay float32, and the samples still have the known target's
+    moments (f = a.x: N(a, I)) within bf16's rounding of the score."""
+    torch.manual_seed(0)
     layer = torch.nn.Linear(6, 1)
-    r = hmc_sample(lambda x: layer(x).squeeze(1), torch.zeros(16, 6), iters=4, leapfrog_steps=3, step_size=0.2,
+    a = layer.weight.detach()[0]
+    # a trajectory of a quarter period (0.2 x 8 ~ pi / 2) refreshes a unit Gaussian in one iteration
+    r = hmc_sample(lambda x: layer(x).squeeze(1), torch.zeros(3000, 6), iters=30, leapfrog_steps=8, step_size=0.2,
                    mass=1.0, generator=gen(), precision="bf16")
     assert r.x.dtype == torch.float32 and all(v.dtype == torch.float32 for v in r.trace.values())
-    assert torch.isfinite(r.x).all()
+    torch.testing.assert_close(r.x.mean(0), a, atol=0.07, rtol=0)
+    torch.testing.assert_close(r.x.var(0), torch.ones(6), atol=0.1, rtol=0)
+    assert r.summary["accept_rate"] > 0.8
 
 
 def test_dual_averaging_adapts_during_warmup_only():

@@ -115,3 +115,37 @@ def test_imagenet_class_names_address_the_output():
     model, info = create_model("tv:squeezenet1_1")
     score = node_score(model, info, "espresso")
     assert score.node == Node("logits", 967, (), "index")
+
+
+def _by_hand(spec: str, model, x: torch.Tensor) -> torch.Tensor:
+    """The node values of test_fx_and_hooks_agree's cases, computed by calling the modules in forward order: a
+    reference independent of both FX truncation and hooks."""
+    if spec == "lenet":
+        return model.conv2(model.pool1(model.conv1(x)))
+    if spec == "tv:squeezenet1_1":
+        fire = model.features[3]
+        return fire.expand1x1(fire.squeeze_activation(fire.squeeze(model.features[:3](x))))
+    if spec == "timm:test_vit":
+        t = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+        return model.blocks[0](t)
+    if spec == "timm:mobilenetv3_small_050":
+        return model.blocks[1](model.blocks[0](model.bn1(model.conv_stem(x))))
+    raise KeyError(spec)
+
+
+@pytest.mark.parametrize("spec,node,kw,pick", [
+    ("lenet", "conv2:7", {}, lambda h: h[:, 7, h.shape[2] // 2, h.shape[3] // 2]),
+    ("tv:squeezenet1_1", "features.3.expand1x1:17,2,3", dict(num_classes=4), lambda h: h[:, 17, 2, 3]),
+    ("timm:test_vit", "blocks.0:3", dict(num_classes=4, img_size=32), lambda h: h.mean(1)[:, 3]),
+    ("timm:test_vit", "blocks.0:3,2", dict(num_classes=4, img_size=32), lambda h: h[:, 2, 3]),
+    ("timm:mobilenetv3_small_050", "blocks.1:4,mean", dict(num_classes=4), lambda h: h[:, 4].mean((1, 2))),
+])
+def test_node_values_equal_a_forward_pass_by_hand(spec, node, kw, pick):
+    torch.manual_seed(0)
+    model, info = create_model(spec, **kw)
+    model.eval()
+    x = torch.randn(3, *info.input_size)
+    with torch.no_grad():
+        expected = pick(_by_hand(spec, model, x))
+    for use_fx in (True, False):
+        torch.testing.assert_close(node_score(model, info, node, use_fx)(x), expected)

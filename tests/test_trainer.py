@@ -76,12 +76,13 @@ def test_labels_beyond_num_classes_fail_before_training(tmp_path, data_dir):
 
 
 def test_lenet_on_real_mnist_learns(tmp_path, data_dir):
-    """The paper's recipe shortened to 50 GG + 50 DG steps on real MNIST: far better than chance (0.9) on the
-    10,000 test images. (GG alone needs longer: it leaves the class intercepts to DG, see test_losses.)"""
+    """The paper's recipe shortened to 50 GG + 50 DG steps on 3,200 real MNIST digits, tested on all 10,000: measured
+    9.19-9.34% error over seeds 0-2 on this CPU (2026-11-23), so 12% is what a working trainer reaches (chance is 90%;
+    a broken GG or DG phase lands far above). (GG alone needs longer: it leaves the class intercepts to DG.)"""
     cfg = load_config("lenet_mnist", dict(epochs=2, switch_epoch=1, train_subset=3200, data_dir=str(data_dir),
                                           out=str(tmp_path), device="cpu", mode="gg+dg"))
     summary = train(cfg, log=quiet)
-    assert summary["switched_at_epoch"] == 1 and summary["test_error"] < 0.2
+    assert summary["switched_at_epoch"] == 1 and summary["test_error"] < 0.12
 
 
 def test_zoo_recipe_on_one_channel_input(tmp_path):
@@ -90,7 +91,7 @@ def test_zoo_recipe_on_one_channel_input(tmp_path):
     summary = train(cfg, log=quiet)
     model, info, _ = load_checkpoint(tmp_path)
     assert info.model == "timm:resnet18" and info.in_chans == 1 and model.conv1.in_channels == 1
-    assert summary["test_error"] is not None
+    assert summary["test_error"] < 0.15  # one GG epoch: 0.8-2.7% over seeds 0-2 (chance 75%)
 
 
 def test_image_folder_tree(tmp_path):
@@ -114,4 +115,49 @@ def test_image_folder_tree(tmp_path):
     _, info, meta = load_checkpoint(run)
     assert info.class_names == ["cat", "dog"] and info.input_size == (3, 16, 16) and meta["dataset"] == "imagefolder"
     assert main(["eval", str(run), "--device", "cpu", "--json"]) == 0
-    assert summary["test_error"] is not None
+    assert summary["test_error"] < 0.2  # two well-separated classes: 0% over seeds 0-2 (chance 50%)
+
+
+def test_deterministic_runs_give_the_same_weights(tmp_path):
+    """--deterministic: the same seed on the same device gives bit-identical weights (data order, initialisation,
+    dropout seeded; deterministic algorithms on); another seed does not."""
+    cfg = {**TINY, "model_kwargs": {"drop_rate": 0.3}, "deterministic": True}
+    weights = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        summary = train(load_config(None, {**cfg, "seed": seed, "out": str(tmp_path / name)}), log=quiet)
+        assert summary["deterministic"] and summary["torch"] and summary["started"] <= summary["finished"]
+        weights.append(load_checkpoint(tmp_path / name)[0].state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
+
+
+def test_the_dg_phase_starts_with_a_fresh_optimizer(tmp_path, monkeypatch):
+    """At the GG -> DG switch a new SGD starts (no momentum carried), as a new Caffe solver would; with
+    switch_reset false the momentum carries over (gencnn 0.1)."""
+    import gencnn_plugin.trainer as trainer
+
+    made = []
+    real = trainer.make_optimizer
+    monkeypatch.setattr(trainer, "make_optimizer", lambda m, c: made.append(real(m, c)) or made[-1])
+    train(load_config(None, {**TINY, "epochs": 3, "switch_epoch": 2, "mode": "gg+dg", "out": str(tmp_path / "a")}),
+          log=quiet)
+    assert len(made) == 2 and made[0] is not made[1]  # one for GG, a fresh one at the switch
+    made.clear()
+    train(load_config(None, {**TINY, "epochs": 3, "switch_epoch": 2, "mode": "gg+dg", "switch_reset": False,
+                             "out": str(tmp_path / "b")}), log=quiet)
+    assert len(made) == 1
+
+
+def test_the_logged_lr_is_the_epochs_own(tmp_path):
+    """Each row's lr is the rate of the epoch's first step (lr_last: its last step), not the next epoch's."""
+    from gencnn_plugin.schedule import LRPolicy
+
+    train(load_config(None, {**TINY, "epochs": 3, "switch_epoch": 2, "lr_policy": "inv", "lr_gamma": 0.1,
+                             "out": str(tmp_path)}), log=quiet)
+    rows = metrics(tmp_path)
+    steps = 16  # 512 synthetic images / batch 32
+    inv = LRPolicy("inv", gamma=0.1, power=0.75)
+    assert rows[0]["lr"] == pytest.approx(0.05) and rows[0]["lr_last"] == pytest.approx(inv(0.05, steps - 1, 0))
+    assert rows[1]["lr"] == pytest.approx(inv(0.05, steps, 0))
+    assert rows[2]["lr"] == pytest.approx(0.003)  # the DG phase restarts from switch_lr
