@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
+from .batchnorm import GG_BATCHNORM
 from .data import DATASETS
 from .distributed import GG_ESTIMATORS
 from .runtime import PRECISIONS
-from .schedule import LR_POLICIES, MODES
+from .schedule import AUTO_RULES, LR_POLICIES, MODES
 from .settings import SettingsError, check, from_mapping, setting
 
 __all__ = ["TrainConfig", "load_config", "config_from_dict", "ConfigError", "CONFIG_DIR", "HMC_PRESET_DIR",
@@ -61,8 +62,8 @@ class TrainConfig:
     train_subset: int | None = setting(None, "train on the first N images only", ge=1, metavar="N")
     workers: int = setting(4, "DataLoader workers for image folders", ge=0, le=256)
     # optimisation (Caffe's lenet_solver.prototxt and the paper)
-    mode: str = setting("gg+dg", "dg, gg, gg+dg (GG for switch_epoch epochs, then DG), auto (switch by the ESS)",
-                        choices=MODES)
+    mode: str = setting("gg+dg", "dg, gg, gg+dg (GG for switch_epoch epochs, then DG), auto (GG, then DG by "
+                                 "auto_rule), mix (lambda GG + (1 - lambda) DG every step)", choices=MODES)
     epochs: int = setting(25, "epochs", ge=1, le=1_000_000)
     batch_size: int = setting(64, "training batch size (GG's sample of q(x))", ge=1, le=1 << 20)
     eval_batch_size: int = setting(1000, "evaluation batch size", ge=1, le=1 << 20)
@@ -74,14 +75,25 @@ class TrainConfig:
     lr_gamma: float = setting(1e-4, "inv: base (1 + gamma t)^-power; step: factor per step", gt=0, le=1e6)
     lr_power: float = setting(0.75, "inv policy's power", ge=0, le=1e3)
     lr_step_epochs: int = setting(30, "step policy: multiply by lr_gamma every this many epochs", ge=1)
-    switch_epoch: int = setting(16, "gg+dg: GG epochs before DG", ge=0)
+    switch_epoch: int = setting(16, "gg+dg: GG epochs before DG; auto: the most GG epochs", ge=0)
     switch_lr: float = setting(0.003, "base learning rate of the DG phase (gg+dg and auto)", gt=0, le=1e6)
     switch_reset: bool = setting(True, "start the DG phase with a fresh optimizer (no momentum carried over), as a "
                                        "new Caffe solver would; --no-switch-reset carries it (gencnn 0.1)")
-    ess_threshold: float = setting(0.1, "auto: switch when the epoch's mean normalised ESS falls below this",
+    auto_rule: str = setting("holdout", "auto: switch when the held-out error stopped improving (holdout) or when "
+                                        "the ESS settled (ess)", choices=AUTO_RULES)
+    holdout: int = setting(5000, "auto/holdout: training images held out to decide the switch (not trained on)",
+                           ge=1, le=1_000_000)
+    patience: int = setting(3, "auto/holdout: switch after this many GG epochs without a better held-out error",
+                            ge=1, le=1000)
+    ess_threshold: float = setting(0.1, "auto/ess: switch when the epoch's mean normalised ESS falls below this",
                                    ge=0, le=1)
-    ess_plateau: float | None = setting(0.01, "auto: ... or falls by less than this fraction in an epoch "
+    ess_plateau: float | None = setting(0.01, "auto/ess: ... or falls by less than this fraction in an epoch "
                                               "(None: the threshold only)", ge=0, le=1)
+    mix_start: float = setting(1.0, "mix: the GG weight lambda at the first epoch", ge=0, le=1)
+    mix_end: float = setting(0.0, "mix: the GG weight lambda at the last epoch", ge=0, le=1)
+    label_smoothing: float = setting(0.0, "label smoothing of the DG cross-entropy", ge=0, lt=1)
+    gg_batchnorm: str = setting("batch", "BatchNorm during GG: batch statistics (batch), without gradient "
+                                         "(detached), or running statistics (frozen)", choices=GG_BATCHNORM)
     gg_estimator: str = setting("local", "DDP: GG's q(x) is each process's batch (local) or all of them (global)",
                                 choices=GG_ESTIMATORS)
     # run
@@ -110,7 +122,7 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ConfigError(f"name: {self.name[:40]!r} must be 1-64 letters, digits, _ . + - (it names a folder)")
-        if self.mode in ("gg", "gg+dg", "auto") and self.batch_size < 2:
+        if self.mode != "dg" and self.batch_size < 2:
             raise ConfigError("batch_size: GG uses the batch as its sample of q(x) and needs batch_size >= 2")
         if self.mode == "gg+dg" and self.switch_epoch > self.epochs:
             raise ConfigError(f"switch_epoch: mode gg+dg switches to DG after switch_epoch={self.switch_epoch} epochs "

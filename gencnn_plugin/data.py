@@ -340,10 +340,13 @@ def describe(name: str, data_dir: str | Path | None, in_chans: int | None = None
     return DataSpec(name, list(spec.class_names), in_chans or 1, img_size or 28, spec.mean_std)
 
 
+HOLDOUT_SEED = 20_141_219  # one held-out set per dataset, the same for every run (arXiv:1412.6296's date)
+
+
 def make_loader(name: str, data_dir: str | Path | None, split: str, input_size: tuple[int, int, int], mean, std,
                 device: torch.device | str, batch_size: int, *, num_classes: int | None = None, seed: int = 0,
                 subset: int | None = None, workers: int = 4, rank: int = 0, world_size: int = 1,
-                classes: list[str] | None = None):
+                classes: list[str] | None = None, holdout: int = 0):
     """The batches of one split (``train`` or ``test``) for a model with this input size and normalisation.
 
     In-memory datasets (MNIST, Fashion-MNIST, synthetic) live on ``device`` and are batched by indexing; the
@@ -353,7 +356,8 @@ def make_loader(name: str, data_dir: str | Path | None, split: str, input_size: 
     Args:
         name: ``mnist``, ``fashion-mnist``, ``synthetic`` or ``imagefolder``.
         data_dir: the dataset folder (None: ``$GENCNN_DATA``).
-        split: ``train`` or ``test`` (an image folder's ``val``).
+        split: ``train``, ``test`` (an image folder's ``val``) or ``holdout`` (``holdout`` training images chosen
+            by a fixed seed, which the ``train`` split then leaves out).
         input_size, mean, std: the model's (C, H, W) and normalisation; images are resized and normalised to fit.
         device: where in-memory datasets and batches live.
         batch_size: examples per batch.
@@ -363,26 +367,35 @@ def make_loader(name: str, data_dir: str | Path | None, split: str, input_size: 
         workers: DataLoader processes for image folders.
         rank, world_size: this process's share of the training split under DDP.
         classes: the training split's class names, which fix an image folder's label indices.
+        holdout: the number of training images held out (the ``holdout`` split); 0: none.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    train = split == "train"
+    if split not in ("train", "test", "holdout"):
+        raise ValueError(f"split must be 'train', 'test' or 'holdout', got {split!r}")
+    train = split != "test"
     c, h, _ = input_size
     if name == "imagefolder":
         if data_dir is None:
             raise DataNotFoundError("dataset 'imagefolder' needs data_dir (a folder with train/ and val/)")
+        if holdout:
+            raise DataError("a held-out split of an image folder is not supported: use auto_rule ess, or another mode")
         loader, _ = folder_loader(data_dir, train, h, mean, std, batch_size, workers, seed=seed,
                                   rank=rank if train else 0, world_size=world_size if train else 1, classes=classes)
         return loader
     data = load_dataset(name, data_dir, train=train, in_chans=c, img_size=h, num_classes=num_classes, seed=seed)
-    if subset and train:
+    if holdout and train:
+        if holdout >= len(data):
+            raise DataError(f"holdout={holdout} leaves nothing to train on ({len(data)} training images)")
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+        keep = order[holdout:] if split == "train" else order[:holdout]
+        data = TensorData(data.images[keep.sort().values], data.labels[keep.sort().values], data.class_names)
+    if subset and split == "train":
         data = TensorData(data.images[:subset], data.labels[:subset], data.class_names)
     k = num_classes or len(data.class_names)
     if len(data) and (int(data.labels.min()) < 0 or int(data.labels.max()) >= k):
         raise DataError(f"{split} labels span [{int(data.labels.min())}, {int(data.labels.max())}] but the model has "
                         f"num_classes={k}")
     norm = normalizer(mean, std, device)
-    if train:
+    if split == "train":
         return DeviceLoader(data.to(device), batch_size, norm, shuffle=True, seed=seed, rank=rank,
                             world_size=world_size)
     return DeviceLoader(data.to(device), batch_size, norm, shuffle=False)

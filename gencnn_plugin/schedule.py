@@ -3,11 +3,17 @@
 :class:`GenerativeSchedule` is the one object a training loop asks, per step, for its loss and learning rate; our
 trainer uses it and so can timm's train.py, a Lightning module or a 20-line loop (docs/training_hooks.md).
 Modes: ``dg``; ``gg``; ``gg+dg`` (GG for ``switch_epoch`` epochs, then DG from ``switch_lr``, as in the paper's
-section 4.1); ``auto`` (GG until the ESS of eq. (7) has stopped dwindling: the epoch's mean normalised ESS falls below
-``ess_threshold`` or drops by less than the fraction ``ess_plateau`` from the previous epoch's; section 3.2 says to
-switch once the weights grow skewed. Under GG the ESS settles near the share of same-class images in a batch, about
-1/K, so a fixed threshold alone may never be crossed; the plateau test sees that it has settled.
-At the switch the LR policy restarts from iteration 0 with the new base LR, as a new Caffe solver would.
+section 4.1); ``auto`` (GG, then DG, switching by a rule, at most after ``switch_epoch`` epochs); ``mix`` (every step
+lambda GG + (1 - lambda) DG, lambda going linearly from ``mix_start`` at the first epoch to ``mix_end`` at the last).
+
+``auto``'s rules: ``holdout`` (default) switches once the error on images held out of the training set has not
+improved for ``patience`` epochs: GG's gains have run out. ``ess`` is the paper's hint (section 3.2: switch once the
+importance weights of eq. (7) grow skewed): the epoch's mean normalised ESS falls below ``ess_threshold`` or by less
+than the fraction ``ess_plateau``. On MNIST the ESS settles near 1/K within 2 epochs and stays there
+(docs/results/auto_switch.md), so the ESS rule switches after epoch 3 while the held-out error keeps improving for
+about 12 more epochs; the held-out rule is the one the data support.
+At the switch the LR policy restarts from iteration 0 with the new base LR, as a new Caffe solver would (the trainer
+also starts a fresh optimizer). ``label_smoothing`` applies to the DG cross-entropy.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import torch.nn.functional as F
 from .distributed import GG_ESTIMATORS
 from .losses import generative_loss, importance_ess
 
-__all__ = ["LRPolicy", "GenerativeSchedule", "MODES", "LR_POLICIES"]
+__all__ = ["LRPolicy", "GenerativeSchedule", "MODES", "LR_POLICIES", "AUTO_RULES"]
 
-MODES = ("dg", "gg", "gg+dg", "auto")
+MODES = ("dg", "gg", "gg+dg", "auto", "mix")
+AUTO_RULES = ("holdout", "ess")
 LR_POLICIES = ("inv", "step", "cosine", "fixed")
 
 
@@ -78,11 +85,18 @@ class GenerativeSchedule:
     def __init__(self, mode: str = "gg+dg", base_lr: float = 0.01, epochs: int = 25, steps_per_epoch: int = 1,
                  switch_epoch: int | None = None, switch_lr: float | None = None, ess_threshold: float = 0.1,
                  ess_plateau: float | None = 0.01, lr_policy: LRPolicy | None = None, track_ess: bool = True,
-                 gg_estimator: str = "local") -> None:
+                 gg_estimator: str = "local", auto_rule: str = "holdout", patience: int = 3, mix_start: float = 1.0,
+                 mix_end: float = 0.0, label_smoothing: float = 0.0) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if mode == "gg+dg" and switch_epoch is None:
             raise ValueError("mode 'gg+dg' needs switch_epoch (the number of GG epochs)")
+        if auto_rule not in AUTO_RULES:
+            raise ValueError(f"auto_rule must be one of {', '.join(AUTO_RULES)}, got {auto_rule!r}")
+        self.auto_rule, self.patience = auto_rule, patience
+        self.mix_start, self.mix_end, self.label_smoothing = mix_start, mix_end, label_smoothing
+        self.best_holdout: float | None = None  # auto/holdout: the best held-out error so far, and its epoch
+        self.best_epoch = -1
         self.mode, self.base_lr, self.epochs, self.steps_per_epoch = mode, base_lr, epochs, steps_per_epoch
         self.switch_epoch = switch_epoch
         self.switch_lr = base_lr if switch_lr is None else switch_lr
@@ -92,7 +106,7 @@ class GenerativeSchedule:
             raise ValueError(f"gg_estimator must be one of {', '.join(GG_ESTIMATORS)}, got {gg_estimator!r}")
         self.gg_estimator = gg_estimator  # under DDP: q(x) = this rank's batch, or all ranks' (distributed.py)
         self.last_ess: float | None = None  # the previous epoch's mean ESS, for the plateau test
-        self.phase = "dg" if mode == "dg" else "gg"
+        self.phase = {"dg": "dg", "mix": "mix"}.get(mode, "gg")
         self.switched_at: int | None = None  # epoch at which DG started, for gg+dg and auto
         self.epoch = 0
         self.step_in_phase = 0
@@ -108,12 +122,31 @@ class GenerativeSchedule:
         self._ess_sum, self._ess_count = 0.0, 0
         return self.phase
 
-    def end_epoch(self) -> dict:
-        """Close the epoch: its mean ESS, and in ``auto`` mode the decision to switch for the next epoch."""
+    @property
+    def needs_holdout(self) -> bool:
+        """Whether :meth:`end_epoch` wants this epoch's held-out error (auto mode, holdout rule, still in GG)."""
+        return self.mode == "auto" and self.auto_rule == "holdout" and self.phase == "gg"
+
+    def end_epoch(self, holdout_error: float | None = None) -> dict:
+        """Close the epoch: its mean ESS, and in ``auto`` mode the decision to switch for the next epoch
+        (``holdout_error``: the error on held-out training images, for the holdout rule)."""
         mean_ess = float(self._ess_sum / self._ess_count) if self._ess_count else float("nan")
-        settled = (self.ess_plateau is not None and self.last_ess is not None
-                   and mean_ess > self.last_ess * (1.0 - self.ess_plateau))
-        switch_next = self.mode == "auto" and self.phase == "gg" and (mean_ess < self.ess_threshold or settled)
+        switch_next = False
+        if self.mode == "auto" and self.phase == "gg":
+            done = self.epoch + 1
+            if self.auto_rule == "ess":
+                settled = (self.ess_plateau is not None and self.last_ess is not None
+                           and mean_ess > self.last_ess * (1.0 - self.ess_plateau))
+                switch_next = mean_ess < self.ess_threshold or settled
+            else:
+                if holdout_error is None:
+                    raise ValueError("auto mode's holdout rule needs the epoch's held-out error")
+                if self.best_holdout is None or holdout_error < self.best_holdout:
+                    self.best_holdout, self.best_epoch = holdout_error, self.epoch
+                switch_next = self.epoch - self.best_epoch >= self.patience
+            if self.switch_epoch is not None and done >= self.switch_epoch:
+                switch_next = True  # the most GG epochs auto runs
+            switch_next = switch_next and done < self.epochs
         self.last_ess = mean_ess
         if switch_next:
             self._switch(self.epoch + 1)
@@ -142,19 +175,31 @@ class GenerativeSchedule:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
+    @property
+    def mix_weight(self) -> float:
+        """lambda of the mix mode at this epoch: linear from ``mix_start`` (first epoch) to ``mix_end`` (last)."""
+        frac = self.epoch / max(1, self.epochs - 1)
+        return self.mix_start + (self.mix_end - self.mix_start) * frac
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The current phase's loss: GG (eq. 8, the batch as the sample of q) or DG (cross-entropy)."""
+        """The current phase's loss: GG (eq. 8, the batch as the sample of q), DG (cross-entropy, with
+        ``label_smoothing``), or in ``mix`` mode lambda GG + (1 - lambda) DG."""
         if self.track_ess:
             self._ess_sum = self._ess_sum + importance_ess(logits, targets)  # stays on the device: no sync
             self._ess_count += 1
-        if self.phase == "gg":
-            if self.gg_estimator == "global" and dist.is_available() and dist.is_initialized() \
-                    and dist.get_world_size() > 1:
-                from .distributed import gather_for_gg
+        if self.phase == "dg":
+            return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        gg_logits, gg_targets = logits, targets
+        if self.gg_estimator == "global" and dist.is_available() and dist.is_initialized() \
+                and dist.get_world_size() > 1:
+            from .distributed import gather_for_gg
 
-                logits, targets = gather_for_gg(logits, targets)
-            return generative_loss(logits, targets)
-        return F.cross_entropy(logits, targets)
+            gg_logits, gg_targets = gather_for_gg(logits, targets)
+        gg = generative_loss(gg_logits, gg_targets)
+        if self.phase == "gg":
+            return gg
+        lam = self.mix_weight
+        return lam * gg + (1 - lam) * F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
     def step(self) -> None:
         """Count one optimizer step (after ``optimizer.step()``), as ``torch.optim.lr_scheduler`` does."""
@@ -163,9 +208,11 @@ class GenerativeSchedule:
     # -- resume ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"phase": self.phase, "switched_at": self.switched_at, "epoch": self.epoch,
-                "step_in_phase": self.step_in_phase, "last_ess": self.last_ess}
+                "step_in_phase": self.step_in_phase, "last_ess": self.last_ess, "best_holdout": self.best_holdout,
+                "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.phase, self.switched_at = state["phase"], state["switched_at"]
         self.epoch, self.step_in_phase = state["epoch"], state["step_in_phase"]
         self.last_ess = state.get("last_ess")
+        self.best_holdout, self.best_epoch = state.get("best_holdout"), state.get("best_epoch", -1)

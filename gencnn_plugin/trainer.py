@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from ._version import __version__
+from .batchnorm import gg_batchnorm
 from .checkpoint import (
     CHECKPOINT_NAME,
     TRAIN_STATE_NAME,
@@ -61,9 +62,14 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
 
+def _uses_holdout(cfg: TrainConfig) -> bool:
+    return cfg.mode == "auto" and cfg.auto_rule == "holdout"
+
+
 def build_data(cfg: TrainConfig, device: torch.device, ctx: DistContext | None = None, load_weights: bool = True,
-               trust_pickle: bool = False) -> tuple[nn.Module, ModelInfo, object, object]:
-    """The model (on ``device``) with its ModelInfo, and the train and test loaders, from one config.
+               trust_pickle: bool = False) -> tuple[nn.Module, ModelInfo, object, object, object | None]:
+    """The model (on ``device``) with its ModelInfo, and the train, test and held-out loaders (the last only for
+    ``auto`` with the holdout rule, else None), from one config.
 
     ``load_weights=False`` skips ``cfg.weights`` (a resumed run's weights come from its train_state.pt).
     """
@@ -78,12 +84,15 @@ def build_data(cfg: TrainConfig, device: torch.device, ctx: DistContext | None =
         class_names=data.class_names if len(data.class_names) == num_classes else None, **cfg.model_kwargs)
     model.to(device)
     common = dict(num_classes=num_classes, seed=cfg.seed, workers=cfg.workers, classes=data.class_names)
+    holdout = cfg.holdout if _uses_holdout(cfg) else 0
     train_loader = make_loader(cfg.dataset, cfg.data_dir, "train", info.input_size, info.mean, info.std, device,
                                cfg.batch_size, subset=cfg.train_subset, rank=ctx.rank, world_size=ctx.world_size,
-                               **common)
+                               holdout=holdout, **common)
     test_loader = make_loader(cfg.dataset, cfg.data_dir, "test", info.input_size, info.mean, info.std, device,
                               cfg.eval_batch_size, **common)
-    return model, info, train_loader, test_loader
+    holdout_loader = make_loader(cfg.dataset, cfg.data_dir, "holdout", info.input_size, info.mean, info.std, device,
+                                 cfg.eval_batch_size, holdout=holdout, **common) if holdout else None
+    return model, info, train_loader, test_loader, holdout_loader
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -151,7 +160,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         with torch.no_grad():  # log both losses: the training one as computed, the other one on the side
             lf = logits.detach().float()
             gg = loss.detach() if schedule.phase == "gg" else generative_loss(lf, y)
-            dg = loss.detach() if schedule.phase == "dg" else F.cross_entropy(lf, y)
+            dg = F.cross_entropy(lf, y)
             sums += torch.stack([gg.double(), dg.double(), (lf.argmax(1) != y).sum().double(),
                                  sums.new_full((), y.shape[0])])  # new_tensor would copy from the host and sync
         steps += 1
@@ -192,6 +201,7 @@ class _Run:
     scaler: torch.amp.GradScaler | None
     train_loader: object
     test_loader: object
+    holdout_loader: object | None  # auto's held-out images (the holdout rule), else None
     device: torch.device
     ctx: DistContext
     run_dir: Path
@@ -284,8 +294,8 @@ def _train(cfg: TrainConfig, log, ctx: DistContext, device: torch.device, trust_
     if ctx.is_main and state is None:
         _claim_run_dir(run_dir, overwrite)
     torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank (DDP also broadcasts rank 0's)
-    model, info, train_loader, test_loader = build_data(cfg, device, ctx, load_weights=state is None,
-                                                        trust_pickle=trust_pickle)
+    model, info, train_loader, test_loader, holdout_loader = build_data(cfg, device, ctx, load_weights=state is None,
+                                                                        trust_pickle=trust_pickle)
     if ctx.enabled and cfg.gg_estimator == "global" and cfg.mode != "dg":
         model = convert_global_batchnorm(model)  # q(x)'s sample is the global batch: normalise with its statistics
     optimizer = make_optimizer(model, cfg)
@@ -295,7 +305,8 @@ def _train(cfg: TrainConfig, log, ctx: DistContext, device: torch.device, trust_
     schedule = GenerativeSchedule(cfg.mode, base_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                   switch_epoch=cfg.switch_epoch, switch_lr=cfg.switch_lr,
                                   ess_threshold=cfg.ess_threshold, ess_plateau=cfg.ess_plateau, lr_policy=policy,
-                                  gg_estimator=cfg.gg_estimator)
+                                  gg_estimator=cfg.gg_estimator, auto_rule=cfg.auto_rule, patience=cfg.patience,
+                                  mix_start=cfg.mix_start, mix_end=cfg.mix_end, label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
 
     start_epoch, history = 0, []
@@ -325,8 +336,8 @@ def _train(cfg: TrainConfig, log, ctx: DistContext, device: torch.device, trust_
     ranks = f", {ctx.world_size} processes (DDP, GG estimator {cfg.gg_estimator})" if ctx.enabled else ""
     log(f"training {info.model} on {cfg.dataset}, mode {cfg.mode}, {cfg.epochs} epochs x {steps_per_epoch} steps, "
         f"device {device}{ranks}, run {run_dir}")
-    run = _Run(cfg, model, net, info, optimizer, schedule, scaler, train_loader, test_loader, device, ctx, run_dir,
-               resolved, history, log, quiet, _now())
+    run = _Run(cfg, model, net, info, optimizer, schedule, scaler, train_loader, test_loader, holdout_loader, device,
+               ctx, run_dir, resolved, history, log, quiet, _now())
     with _signals_interrupt():
         for epoch in range(start_epoch, cfg.epochs):
             try:
@@ -390,14 +401,17 @@ def _run_epoch(run: _Run, epoch: int) -> None:
     progress = Progress(steps, f"epoch {epoch + 1}/{cfg.epochs} [{phase}]", "steps", quiet=run.quiet, every=30.0)
     t0 = time.perf_counter()
     try:
-        stats = train_one_epoch(run.net, run.train_loader, run.optimizer, schedule, run.device, cfg.precision,
-                                run.scaler, progress, cfg.log_interval)
+        with gg_batchnorm(run.model, cfg.gg_batchnorm if phase in ("gg", "mix") else "batch"):
+            stats = train_one_epoch(run.net, run.train_loader, run.optimizer, schedule, run.device, cfg.precision,
+                                    run.scaler, progress, cfg.log_interval)
     finally:
         progress.close()
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     seconds = time.perf_counter() - t0
-    end = schedule.end_epoch()
+    holdout = evaluate(run.model, run.holdout_loader, run.device, cfg.precision)["error"] \
+        if schedule.needs_holdout and run.holdout_loader is not None else None
+    end = schedule.end_epoch(holdout)
     saved = len(run.history)
     kept = (f"the last good checkpoint is {run.run_dir / CHECKPOINT_NAME} (epoch {saved})" if saved
             else "nothing was saved")
@@ -409,7 +423,9 @@ def _run_epoch(run: _Run, epoch: int) -> None:
     record = {
         "epoch": epoch + 1, "phase": end["phase"], "gg_loss": stats["gg_loss"], "dg_loss": stats["dg_loss"],
         "train_error": stats["train_error"], "test_error": test["error"],
-        "test_loss": test["loss"], "mean_ess": end["mean_ess"], "lr": stats["lr_first"], "lr_last": stats["lr_last"],
+        "test_loss": test["loss"], "mean_ess": end["mean_ess"], "holdout_error": holdout,
+        "mix_weight": schedule.mix_weight if cfg.mode == "mix" else None, "lr": stats["lr_first"],
+        "lr_last": stats["lr_last"],
         "seconds": seconds, "eval_seconds": time.perf_counter() - t1, "finished": _now(),
     }
     run.history.append(record)

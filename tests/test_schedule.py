@@ -42,7 +42,7 @@ def test_loss_follows_the_phase():
 
 
 def test_auto_switches_when_ess_falls():
-    sched = GenerativeSchedule("auto", epochs=4, steps_per_epoch=2, ess_threshold=0.5)
+    sched = GenerativeSchedule("auto", epochs=4, steps_per_epoch=2, ess_threshold=0.5, auto_rule="ess")
     y = torch.tensor([0, 1, 0, 1])
     flat = torch.zeros(4, 2)
     assert run_epochs(sched, 1, flat, y) == ["gg"] and sched.phase == "gg"
@@ -57,7 +57,8 @@ def test_auto_switches_when_ess_falls():
 @pytest.mark.parametrize("plateau, switched_at", [(0.01, 2), (None, None)])
 def test_auto_switches_when_ess_settles(plateau, switched_at):
     # Under GG the ESS settles near 1/K instead of falling below a threshold; a flat epoch-to-epoch ESS ends GG.
-    sched = GenerativeSchedule("auto", epochs=4, steps_per_epoch=1, ess_threshold=0.01, ess_plateau=plateau)
+    sched = GenerativeSchedule("auto", epochs=4, steps_per_epoch=1, ess_threshold=0.01, ess_plateau=plateau,
+                               auto_rule="ess")
     y = torch.tensor([0, 1, 0, 1])
     assert run_epochs(sched, 2, torch.zeros(4, 2), y) == ["gg", "gg"]
     assert sched.start_epoch(2) == ("dg" if switched_at else "gg") and sched.switched_at == switched_at

@@ -21,20 +21,25 @@ def metrics(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("mode", ["dg", "gg", "gg+dg", "auto"])
+@pytest.mark.parametrize("mode", ["dg", "gg", "gg+dg", "auto", "mix"])
 def test_modes_leave_a_complete_run_folder(tmp_path, mode):
-    summary = train(load_config(None, {**TINY, "mode": mode, "out": str(tmp_path), "ess_threshold": 0.9}), log=quiet)
+    lr = 0.01 if mode == "mix" else TINY["lr"]  # lambda GG + (1 - lambda) DG at 0.05 diverges on this toy set
+    summary = train(load_config(None, {**TINY, "mode": mode, "lr": lr, "out": str(tmp_path), "holdout": 64}),
+                    log=quiet)
     assert {p.name for p in tmp_path.iterdir()} >= {"checkpoint.safetensors", "train_state.pt", "metrics.jsonl",
                                                     "summary.json", "config.yaml"}
     rows = metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(0 < r["mean_ess"] <= 1 and r["seconds"] > 0 for r in rows)
     phases = [r["phase"] for r in rows]
-    expected = {"dg": ["dg"] * 3, "gg": ["gg"] * 3, "gg+dg": ["gg", "gg", "dg"]}
+    expected = {"dg": ["dg"] * 3, "gg": ["gg"] * 3, "gg+dg": ["gg", "gg", "dg"], "mix": ["mix"] * 3}
     if mode in expected:
         assert phases == expected[mode]
-    else:  # auto: GG first, then DG once the ESS fell below the (here high) threshold
+    else:  # auto: GG first, then DG (here at the latest after switch_epoch = 2 GG epochs), held-out error logged
         assert phases[0] == "gg" and summary["switched_at_epoch"] is not None and phases[-1] == "dg"
+        assert all(r["holdout_error"] is not None for r in rows if r["phase"] == "gg")
+    if mode == "mix":
+        assert [r["mix_weight"] for r in rows] == [1.0, 0.5, 0.0]
     assert summary["test_error"] == rows[-1]["test_error"] < 0.5  # 4 classes: chance is 0.75
     _, info, meta = load_checkpoint(tmp_path)
     assert meta["mode"] == mode and meta["epoch"] == 3 and info.num_classes == 4
@@ -161,3 +166,16 @@ def test_the_logged_lr_is_the_epochs_own(tmp_path):
     assert rows[0]["lr"] == pytest.approx(0.05) and rows[0]["lr_last"] == pytest.approx(inv(0.05, steps - 1, 0))
     assert rows[1]["lr"] == pytest.approx(inv(0.05, steps, 0))
     assert rows[2]["lr"] == pytest.approx(0.003)  # the DG phase restarts from switch_lr
+
+
+def test_auto_ess_rule_and_holdout_rule(tmp_path):
+    """auto's two rules: ess switches once the ESS is below its threshold; holdout once the held-out error has not
+    improved for `patience` epochs (held-out images are not trained on)."""
+    summary = train(load_config(None, {**TINY, "epochs": 4, "switch_epoch": 4, "mode": "auto", "auto_rule": "ess",
+                                       "ess_threshold": 0.99, "out": str(tmp_path / "ess")}), log=quiet)
+    assert summary["switched_at_epoch"] == 1
+    summary = train(load_config(None, {**TINY, "epochs": 6, "switch_epoch": 6, "mode": "auto", "holdout": 128,
+                                       "patience": 1, "lr": 1e-7, "out": str(tmp_path / "h")}), log=quiet)
+    rows = metrics(tmp_path / "h")
+    assert len(rows[0]) and rows[0]["holdout_error"] is not None
+    assert summary["switched_at_epoch"] is not None and summary["switched_at_epoch"] < 6  # no progress at lr 1e-7
