@@ -1,12 +1,18 @@
-"""The paper's Table 1 protocol (section 4.1): LeNet on MNIST with DG, GG, GG+DG and auto, several seeds.
+"""The paper's Table 1 protocol (section 4.1): LeNet on MNIST with DG, GG, GG+DG and auto, several seeds; and the same
+protocol for any recipe (Fashion-MNIST, zoo models) and any set of arms (a mode plus settings).
 
-Runs every (seed, mode) pair with the lenet_mnist recipe (or another, e.g. resnet18_mnist), one JSON per run in
-docs/results/<name>/, then a summary: mean / std / each seed's test error at the end of training beside the
-paper's numbers, wall time, GG vs DG seconds per epoch, and the paired difference GG+DG - DG per seed with a
-t interval and an exact sign test. Runs already recorded are skipped, so the script resumes after an interruption.
-Plots (with matplotlib, the `bench` extra): test error per epoch per mode, mean normalised ESS per epoch under GG.
+Runs every (seed, arm) pair with the lenet_mnist recipe (or another, e.g. lenet_fashion_mnist, resnet18_mnist), one
+JSON per run in docs/results/<name>/, then a summary: mean / std / 95% t interval / each seed's test error at the end
+of training beside the paper's numbers, wall time, GG vs DG seconds per epoch, and for every arm the paired
+difference to the baseline arm (DG by default) per seed with a 95% t interval, an exact sign test and a verdict that
+the interval decides (better: the interval is below 0; worse: above 0; else not distinguishable at this n). Runs
+already recorded are skipped, so the script resumes after an interruption. Plots (with matplotlib, the `bench`
+extra): test error per epoch per arm, mean normalised ESS per epoch under GG.
 
     python benchmarks/mnist_table1.py --seeds 0 1 2 3 4 --device cuda --data-dir .data --jobs 8
+    python benchmarks/mnist_table1.py --recipe lenet_fashion_mnist --name fashion_lenet --device cpu
+    python benchmarks/mnist_table1.py --name mnist_switch --modes dg gg+dg auto \
+        --arm ggdg-keep=mode:gg+dg,switch_reset:false
 
 With --jobs N, N runs train at once in separate processes (one GPU can serve several small LeNet runs, which are
 limited by kernel launches rather than arithmetic); each run's wall time is then measured under that sharing, and
@@ -36,25 +42,39 @@ PAPER = {"dg": 1.03, "gg": 0.85, "gg+dg": 0.78}  # Table 1, % test error
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def run_one(recipe: str, mode: str, seed: int, args: argparse.Namespace, out: Path, command: str) -> str:
-    """Train one (mode, seed) and write its record to ``out``; returns a line for the console."""
-    if args.jobs > 1:  # a worker process: share the host's cores among the concurrent runs
-        import torch
+def parse_arm(text: str) -> tuple[str, dict]:
+    """``TAG=key:value,key:value`` (values parsed as YAML) -> (TAG, settings); a bare mode ``gg+dg`` -> ("ggdg",
+    {"mode": "gg+dg"})."""
+    if "=" not in text:
+        return text.replace("+", ""), {"mode": text}
+    tag, _, rest = text.partition("=")
+    settings = {}
+    for item in rest.split(","):
+        key, _, value = item.partition(":")
+        settings[key.strip()] = yaml.safe_load(value)
+    return tag.strip(), settings
 
+
+def run_one(recipe: str, tag: str, arm: dict, seed: int, args: argparse.Namespace, out: Path, command: str) -> str:
+    """Train one (arm, seed) and write its record to ``out``; returns a line for the console."""
+    import torch
+
+    if args.jobs > 1:  # a worker process: share the host's cores among the concurrent runs
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
-    tag = mode.replace("+", "")
+    elif args.threads:
+        torch.set_num_threads(args.threads)
     run_dir = Path(args.runs) / out.name / f"{tag}-s{seed}"
-    overrides = dict(mode=mode, seed=seed, device=args.device, data_dir=args.data_dir, out=str(run_dir),
-                     epochs=args.epochs, switch_epoch=args.switch_epoch, train_subset=args.train_subset)
+    overrides = dict(seed=seed, device=args.device, data_dir=args.data_dir, out=str(run_dir), epochs=args.epochs,
+                     switch_epoch=args.switch_epoch, train_subset=args.train_subset, **arm)
     if (run_dir / "train_state.pt").is_file():  # a run cut off earlier continues from its last epoch
         overrides["resume"] = str(run_dir)
     cfg = load_config(recipe, overrides)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f"{tag}-s{seed}.log", "w") as log:
-        train(cfg, log=lambda msg: print(msg, file=log, flush=True))
-    record = record_from_run(run_dir, command)
+    with open(run_dir.parent / f"{tag}-s{seed}.log", "a") as log:
+        train(cfg, log=lambda msg: print(msg, file=log, flush=True), overwrite="resume" not in overrides, quiet=True)
+    record = {**record_from_run(run_dir, command), "arm": tag, "arm_settings": arm}
     (out / f"{tag}-s{seed}.json").write_text(json.dumps(record, indent=1) + "\n")
-    return f"{mode} seed {seed}: test error {100 * record['test_error']:.2f}% ({record['train_seconds']:.0f} s)"
+    return f"{tag} seed {seed}: test error {100 * record['test_error']:.2f}% ({record['train_seconds']:.0f} s)"
 
 
 def record_from_run(run_dir: Path, command: str) -> dict:
@@ -80,70 +100,112 @@ def paired(a: list[float], b: list[float]) -> dict:
             if n > 1 and sd > 0 else float("nan"), "sign_test_p": p_sign, "n_better": neg, "n_worse": pos}
 
 
-def summarize(records: list[dict], modes: list[str]) -> dict:
-    by_mode = {m: sorted((r for r in records if r["mode"] == m), key=lambda r: r["seed"]) for m in modes}
+def arm_of(record: dict) -> str:
+    """A record's arm: its tag, or (records of gencnn 0.1) its mode without '+'."""
+    return record.get("arm") or record["mode"].replace("+", "")
+
+
+def verdict(ci: list[float]) -> str:
+    """What a 95% interval of (arm - baseline) test error supports."""
+    if ci[1] < 0:
+        return "better (interval below 0)"
+    if ci[0] > 0:
+        return "worse (interval above 0)"
+    return "not distinguishable at this n (interval contains 0)"
+
+
+def summarize(records: list[dict], arms: list[str], baseline: str = "dg") -> dict:
+    by_arm = {a: sorted((r for r in records if arm_of(r) == a), key=lambda r: r["seed"]) for a in arms}
     table = {}
-    paper_model = all(r["model"] == "timm:lenet_caffe" for r in records)  # the paper's numbers are for its LeNet
-    for m, rs in by_mode.items():
+    paper_model = all(r["model"] == "timm:lenet_caffe" and r.get("dataset", "mnist") == "mnist" for r in records)
+    for a, rs in by_arm.items():
         errs = [100 * r["test_error"] for r in rs]
-        table[m] = {"seeds": [r["seed"] for r in rs], "errors": errs, "mean": statistics.fmean(errs) if errs else None,
+        mode = rs[0]["mode"] if rs else None
+        half = T975.get(len(errs) - 1, 1.96) * statistics.stdev(errs) / math.sqrt(len(errs)) if len(errs) > 1 else None
+        mean = statistics.fmean(errs) if errs else None
+        table[a] = {"mode": mode, "seeds": [r["seed"] for r in rs], "errors": errs, "mean": mean,
                     "std": statistics.stdev(errs) if len(errs) > 1 else None,
-                    "paper": PAPER.get(m) if paper_model else None,
+                    "ci95": [mean - half, mean + half] if half is not None else None,
+                    "paper": PAPER.get(mode) if paper_model and rs and not rs[0].get("arm_settings", {}).keys() - {
+                        "mode"} else None,
                     "wall_s": statistics.fmean([r["train_seconds"] for r in rs]) if rs else None,
                     "switched_at": [r["switched_at_epoch"] for r in rs]}
+    err = {(arm_of(r), r["seed"]): 100 * r["test_error"] for r in records}
+    comparisons = {}
+    for a in arms:
+        if a == baseline:
+            continue
+        common = sorted(set(table.get(baseline, {}).get("seeds", [])) & set(table.get(a, {}).get("seeds", [])))
+        if len(common) >= 2:
+            pr = paired([err[baseline, s_] for s_ in common], [err[a, s_] for s_ in common])
+            comparisons[a] = {**pr, "seeds": common, "verdict": verdict(pr["ci95"])}
     gg_s = [h["seconds"] for r in records for h in r["history"] if h["phase"] == "gg"]
     dg_s = [h["seconds"] for r in records for h in r["history"] if h["phase"] == "dg"]
-    common = sorted(set(table.get("dg", {}).get("seeds", [])) & set(table.get("gg+dg", {}).get("seeds", [])))
-    pair = None
-    if common:
-        err = {(r["mode"], r["seed"]): 100 * r["test_error"] for r in records}
-        pair = paired([err["dg", s] for s in common], [err["gg+dg", s] for s in common])
+    common = comparisons.get("ggdg", {}).get("seeds", [])
+    pair = comparisons.get("ggdg") if baseline == "dg" else None
     # GG vs DG seconds per epoch, paired: epoch k of the GG+DG run (GG phase) against epoch k of the DG run of the
     # same seed, so that both epochs saw the same device load when the two runs trained side by side.
-    by_key = {(r["mode"], r["seed"]): r for r in records}
-    ratios = [g["seconds"] / d["seconds"] for s_ in common
-              for g, d in zip(by_key["gg+dg", s_]["history"], by_key["dg", s_]["history"]) if g["phase"] == "gg"]
-    return {"table": table, "paired_ggdg_minus_dg": pair, "seeds_paired": common,
+    by_key = {(arm_of(r), r["seed"]): r for r in records}
+    ratios = [g["seconds"] / d["seconds"] for s_ in common if ("dg", s_) in by_key
+              for g, d in zip(by_key["ggdg", s_]["history"], by_key["dg", s_]["history"]) if g["phase"] == "gg"]
+    return {"table": table, "baseline": baseline, "comparisons": comparisons, "paired_ggdg_minus_dg": pair,
+            "seeds_paired": common,
             "epoch_ratio_paired": statistics.median(ratios) if ratios else None, "epoch_pairs": len(ratios),
             "gg_epoch_s": statistics.median(gg_s) if gg_s else None, "dg_epoch_s": statistics.median(dg_s) if dg_s
             else None}
+
+
+def _auto_text(c: dict) -> str:
+    if c.get("auto_rule", "ess") == "holdout":
+        return (f"auto switches once the error on {c['holdout']} held-out training images (not trained on) has not "
+                f"improved for {c['patience']} epochs, at most after {c['switch_epoch']}")
+    return (f"auto switches once the epoch's mean ESS is below {c['ess_threshold']} or fell by less than "
+            f"{c.get('ess_plateau')} (relative)")
 
 
 def render(s: dict, records: list[dict], name: str, note: str | None = None) -> str:
     r0 = records[0]
     c = r0["config"]
     subset = f", first {c['train_subset']} training images only" if c.get("train_subset") else ""
+    dataset = r0.get("dataset", "mnist")
+    test_n = {"mnist": "10,000 MNIST", "fashion-mnist": "10,000 Fashion-MNIST"}.get(dataset, dataset)
+    switch = ("the DG phase starts with a fresh optimizer" if c.get("switch_reset", False)
+              else "the momentum carries over into DG")
     lines = [f"# {name}: the paper's Table 1 protocol", "",
-             f"Model {r0['model']}, batch {c['batch_size']}, lr {c['lr']} ({c['lr_policy']}), momentum "
+             f"Model {r0['model']} on {dataset}, batch {c['batch_size']}, lr {c['lr']} ({c['lr_policy']}), momentum "
              f"{c['momentum']}, weight decay {c['weight_decay']}, {c['epochs']} epochs{subset}; GG+DG switches after "
-             f"{c['switch_epoch']} epochs to lr {c['switch_lr']}; auto switches once the epoch's mean ESS is below "
-             f"{c['ess_threshold']} or fell by less than {c.get('ess_plateau')} (relative). Test "
-             f"error on the 10,000 MNIST test images at the end of training. Device: {r0['device']}; "
-             f"torch {r0['torch']}; trained {r0['date'][:10]}.", "",
-             f"{len(records)} runs recorded; a mode with fewer seeds is "
-             "incomplete, and the paired comparison uses only the seeds both modes have.", "",
+             f"{c['switch_epoch']} epochs to lr {c['switch_lr']} ({switch}); {_auto_text(c)}. Test error on the "
+             f"{test_n} test images at the end of training. Device: {r0['device']}; torch {r0['torch']}; gencnn "
+             f"{r0.get('gencnn', '?')}; precision {r0.get('precision', 'fp32 (TF32 as PyTorch defaults)')}; trained "
+             f"{r0.get('started', r0['date'])[:10]}.", "",
+             f"{len(records)} runs recorded; an arm with fewer seeds is incomplete, and each paired comparison uses "
+             "only the seeds both arms have. Intervals are 95% t intervals over seeds (n = seeds).", "",
              f"Command: `{r0['command']}`", ""]
     if note is not None:
         lines += [note.strip(), ""]
-    lines += [
-             "| mode | seeds | mean % | std | per seed | paper % | wall s/run | switched at |",
-             "|---|---:|---:|---:|---|---:|---:|---|"]
-    for m, t in s["table"].items():
+    lines += ["| arm | settings | seeds | mean % (95% interval) | std | per seed | paper % | wall s/run "
+              "| switched at |", "|---|---|---:|---|---:|---|---:|---:|---|"]
+    settings = {arm_of(r): r.get("arm_settings") or {"mode": r["mode"]} for r in records}
+    for a, t in s["table"].items():
         if not t["errors"]:
             continue
         per = ", ".join(f"{e:.2f}" for e in t["errors"])
-        lines.append(f"| {m} | {len(t['errors'])} | {t['mean']:.3f} | {t['std'] or float('nan'):.3f} | {per} | "
-                     f"{t['paper'] if t['paper'] is not None else '-'} | {t['wall_s']:.0f} | "
+        ci = f" ({t['ci95'][0]:.3f} .. {t['ci95'][1]:.3f})" if t["ci95"] else ""
+        shown = ", ".join(f"{k} {v}" for k, v in settings.get(a, {}).items())
+        lines.append(f"| {a} | {shown} | {len(t['errors'])} | {t['mean']:.3f}{ci} | {t['std'] or float('nan'):.3f} | "
+                     f"{per} | {t['paper'] if t['paper'] is not None else '-'} | {t['wall_s']:.0f} | "
                      f"{', '.join(str(x) for x in t['switched_at'])} |")
-    p = s["paired_ggdg_minus_dg"]
-    if p:
-        lines += ["", f"Paired GG+DG - DG over seeds {s['seeds_paired']}: mean {p['mean']:+.3f} points "
-                      f"(std {p['std']:.3f}, 95% t interval {p['ci95'][0]:+.3f} .. {p['ci95'][1]:+.3f}, "
-                      f"t = {p['t']:.2f}); GG+DG better in {p['n_better']}, worse in {p['n_worse']}; "
-                      f"exact sign test p = {p['sign_test_p']:.3f}."]
+    if s.get("comparisons"):
+        lines += ["", f"Paired against {s['baseline']} (arm minus {s['baseline']}, test error points, same seed):", "",
+                  "| arm | n | mean difference | 95% t interval | better / worse seeds | sign test p | verdict |",
+                  "|---|---:|---:|---|---|---:|---|"]
+        for a, pr in s["comparisons"].items():
+            lines.append(f"| {a} | {len(pr['seeds'])} | {pr['mean']:+.3f} | {pr['ci95'][0]:+.3f} .. "
+                         f"{pr['ci95'][1]:+.3f} | {pr['n_better']} / {pr['n_worse']} | {pr['sign_test_p']:.3f} | "
+                         f"{pr['verdict']} |")
     if s["gg_epoch_s"] and s["dg_epoch_s"]:
         lines += ["", f"Median seconds per epoch over all runs: GG {s['gg_epoch_s']:.2f}, DG {s['dg_epoch_s']:.2f} "
-                      f"(ratio {s['gg_epoch_s'] / s['dg_epoch_s']:.3f}; target <= 1.05)."]
+                      f"(ratio {s['gg_epoch_s'] / s['dg_epoch_s']:.3f})."]
     if s.get("epoch_ratio_paired"):
         lines += ["", f"GG/DG seconds per epoch paired by seed and epoch (GG epochs of GG+DG against the same epochs "
                       f"of DG): median ratio {s['epoch_ratio_paired']:.3f} over {s['epoch_pairs']} pairs. Epoch "
@@ -154,7 +216,7 @@ def render(s: dict, records: list[dict], name: str, note: str | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict], modes: list[str], images: Path, name: str) -> None:
+def plot(records: list[dict], arms: list[str], images: Path, name: str) -> None:
     try:
         import matplotlib
 
@@ -164,12 +226,12 @@ def plot(records: list[dict], modes: list[str], images: Path, name: str) -> None
         print("matplotlib not installed (pip install -e '.[bench]'): no plots")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in modes:
-        hs = [r["history"] for r in records if r["mode"] == m]
+    for a in arms:
+        hs = [r["history"] for r in records if arm_of(r) == a]
         if hs:
             n = min(len(h) for h in hs)
             mean_err = [100 * statistics.fmean(h[e]["test_error"] for h in hs) for e in range(n)]
-            ax.plot(range(1, n + 1), mean_err, label=m)
+            ax.plot(range(1, n + 1), mean_err, label=a)
     ax.set(xlabel="epoch", ylabel="test error % (mean over seeds)", yscale="log")
     ax.legend()
     fig.savefig(images / f"{name}_test_error.png", dpi=120, bbox_inches="tight")
@@ -186,7 +248,11 @@ def plot(records: list[dict], modes: list[str], images: Path, name: str) -> None
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="lenet_mnist")
-    p.add_argument("--modes", nargs="+", default=["dg", "gg", "gg+dg", "auto"])
+    p.add_argument("--modes", nargs="+", default=["dg", "gg", "gg+dg", "auto"], help="arms that are plain modes")
+    p.add_argument("--arm", action="append", default=[], metavar="TAG=KEY:VALUE,...",
+                   help="an arm with settings, e.g. ggdg-keep=mode:gg+dg,switch_reset:false (repeatable)")
+    p.add_argument("--baseline", default="dg", help="the arm every other is compared with")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (--jobs 1)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=None, help="override the recipe (smoke runs only)")
     p.add_argument("--switch-epoch", type=int, default=None, help="override the recipe (smoke runs only)")
@@ -210,23 +276,25 @@ def main(argv: list[str] | None = None) -> None:
             (out / f"{run_dir.name}.json").write_text(json.dumps(record_from_run(run_dir, args.command or command),
                                                                   indent=1) + "\n")
         args.report_only = True
-    # seed-major, so that an interrupted protocol has every mode of its first seeds
-    todo = [(seed, mode) for seed in ([] if args.report_only else args.seeds) for mode in args.modes
-            if not (out / f"{mode.replace('+', '')}-s{seed}.json").is_file()]
+    arms = dict(parse_arm(m) for m in args.modes)
+    arms.update(parse_arm(a) for a in args.arm)
+    # seed-major, so that an interrupted protocol has every arm of its first seeds
+    todo = [(seed, tag) for seed in ([] if args.report_only else args.seeds) for tag in arms
+            if not (out / f"{tag}-s{seed}.json").is_file()]
     if args.jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, args.recipe, m, s, args, out, command) for s, m in todo]
+            futures = [pool.submit(run_one, args.recipe, t, arms[t], s, args, out, command) for s, t in todo]
             for f in futures:
                 print(f.result(), flush=True)
     else:
-        for seed, mode in todo:
-            print(run_one(args.recipe, mode, seed, args, out, command), flush=True)
+        for seed, tag in todo:
+            print(run_one(args.recipe, tag, arms[tag], seed, args, out, command), flush=True)
     records = [json.loads(f.read_text()) for f in sorted(out.glob("*-s*.json"))]
     if not records:
         sys.exit(f"no runs recorded in {out}")
-    s = summarize(records, args.modes)
+    s = summarize(records, list(arms), args.baseline)
     (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
-    plot(records, args.modes, REPO / "docs" / "images", name)
+    plot(records, list(arms), REPO / "docs" / "images", name)
     note = out / "NOTE.md"  # hand-written context (how the runs shared the device, etc.), kept across reports
     (REPO / "docs" / "results" / f"{name}.md").write_text(render(s, records, name,
                                                                  note.read_text() if note.is_file() else None))
