@@ -279,7 +279,8 @@ def _add_sample(sub) -> None:
                                      "the samples equal a one-device run's")
     p.add_argument("--out", default="samples.png", help="PNG grid (default: samples.png)")
     p.add_argument("--npz", help="also write samples, pixels and per-iteration diagnostics here")
-    p.add_argument("--nrow", type=int, help="images per grid row (default: chains per node)")
+    p.add_argument("--nrow", type=int, help="images per grid row (default: one row per node; for one node a square "
+                                            "layout, as the desktop app shows it)")
     p.add_argument("--display", choices=["range", "clip"], default="range",
                    help="grid images: each rescaled to its own range, or de-normalised pixels clipped to [0, 1] "
                         "(default: range)")
@@ -292,7 +293,7 @@ def _add_sample(sub) -> None:
 def _cmd_sample(args) -> int:
     from .files import check_output_path
     from .runtime import resolve_device
-    from .visualize import default_preset, load_preset, sample_node, save_grid, save_npz
+    from .visualize import default_preset, grid_columns, load_preset, sample_node, save_grid, save_npz
 
     if args.nrow is not None and args.nrow < 1:
         raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
@@ -311,8 +312,8 @@ def _cmd_sample(args) -> int:
     run = sample_node(model, info, args.node, config, device, devices=devices,
                       callback=None if args.quiet or devices else _sample_progress(config, len(args.node)))
     s = run.result.summary
-    save_grid(run.result.x, info, args.out, nrow=args.nrow or run.config.chains, min_size=args.min_size,
-              display=args.display)
+    save_grid(run.result.x, info, args.out, nrow=args.nrow or grid_columns(run.config.chains, len(run.nodes)),
+              min_size=args.min_size, display=args.display)
     if args.npz:
         save_npz(run, args.npz)
     print(f"{info.model} {', '.join(run.nodes)}: {s['chains']} chains x {s['iters']} iterations x "

@@ -6,6 +6,7 @@ The glue between :mod:`nodes` (which score), :mod:`hmc` (how to sample) and file
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from .settings import to_argv
 from .specs import ModelInfo
 
 __all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "grid_pixels", "save_grid",
-           "save_npz", "load_preset", "sample_command", "default_preset", "DEFAULT_PRESETS"]
+           "save_npz", "load_preset", "sample_command", "default_preset", "DEFAULT_PRESETS", "grid_columns"]
 
 
 @dataclass
@@ -44,6 +45,16 @@ def load_preset(name_or_path: str | None = None, **overrides) -> HMCConfig:
 
 # The preset a model gets when none is named: by its input (small grey digits-like inputs, or photos).
 DEFAULT_PRESETS = {"small": "lenet_tuned", "large": "alexnet_fc8"}
+
+
+def grid_columns(chains: int, nodes: int = 1) -> int:
+    """Images per grid row: one row per node when several nodes share a grid; for one node the most square layout
+    that fills every row when the chain count allows it (8 -> 4 x 2, 12 -> 4 x 3, 16 -> 4 x 4). The CLI's grid, the
+    GUI's preview and the GUI's saved PNG all use it, so what is shown is what is saved."""
+    if nodes > 1:
+        return chains
+    square = math.ceil(math.sqrt(chains))
+    return next((c for c in range(square, min(chains, 2 * square) + 1) if chains % c == 0), square)
 
 
 def default_preset(info: ModelInfo) -> str:

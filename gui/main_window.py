@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -40,7 +41,15 @@ from gencnn_plugin.checkpoint import open_model
 from gencnn_plugin.config import HMC_PRESET_DIR, list_configs
 from gencnn_plugin.hmc import HMCConfig
 from gencnn_plugin.nodes import LOGITS, LayerInfo, Node, NodeError, check_node, list_layers
-from gencnn_plugin.visualize import SampleRun, load_preset, sample_command, save_grid, save_npz
+from gencnn_plugin.visualize import (
+    SampleRun,
+    default_preset,
+    grid_columns,
+    load_preset,
+    sample_command,
+    save_grid,
+    save_npz,
+)
 
 from .form import SettingsForm
 from .worker import SampleJob, SamplerWorker
@@ -80,7 +89,8 @@ class Sparkline(QWidget):
             for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
                 p.drawLine(int(x0), int(y0), int(x1), int(y1))
             p.setPen(QColor("#888"))
-            p.drawText(r.right() - 60, 14, f"{lo:.2g}..{hi:.2g}")
+            span_text = f"{lo:.2g}..{hi:.2g}"
+            p.drawText(r.right() - p.fontMetrics().horizontalAdvance(span_text), 14, span_text)
         p.end()
 
 
@@ -155,6 +165,11 @@ class MainWindow(QMainWindow):
             a = QAction(text, self)
             a.triggered.connect(slot)
             m.addAction(a)
+        m.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut("Ctrl+Q")
+        quit_action.triggered.connect(self.close)
+        m.addAction(quit_action)
 
     def _build_ui(self) -> None:
         # left: model and layers
@@ -164,6 +179,8 @@ class MainWindow(QMainWindow):
         self.layer_search.textChanged.connect(self._filter_layers)
         self.layer_tree = QTreeWidget()
         self.layer_tree.setHeaderLabels(["layer", "type", "output", "nodes"])
+        for col in (1, 2, 3):  # the short columns always fit; a long module path scrolls
+            self.layer_tree.header().setSectionResizeMode(col, QHeaderView.ResizeToContents)
         self.layer_tree.currentItemChanged.connect(self._layer_picked)
         left = QWidget()
         lv = QVBoxLayout(left)
@@ -217,6 +234,7 @@ class MainWindow(QMainWindow):
         sf.addRow("device", self.device)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.start)
+        self.run_button.setEnabled(False)  # until a model is open
         self.stop_button = QPushButton("Stop")
         self.stop_button.clicked.connect(self.stop)
         self.stop_button.setEnabled(False)
@@ -298,13 +316,38 @@ class MainWindow(QMainWindow):
         self._rebuild_recent()
 
     def save_settings(self) -> None:
+        """The sampler settings go under the open model (and as the default for the next new model), the device and
+        window geometry globally."""
         s = self.settings
-        s.setValue("preset", self.preset.currentText())
-        for key, value in self.form.values().items():
-            s.setValue(f"sampler/{key}", value)
+        groups = ["", self._model_group()] if self.info is not None else [""]
+        for g in groups:
+            s.setValue(f"{g}preset", self.preset.currentText())
+            for key, value in self.form.values().items():
+                s.setValue(f"{g}sampler/{key}", value)
         s.setValue("device", self.device.currentText())
         s.setValue("geometry", self.saveGeometry())
         s.sync()
+
+    def _model_group(self) -> str:
+        """The QSettings group of the open model: its spec and input size (a LeNet and SqueezeNet differ)."""
+        key = f"{self.info.model}_{'x'.join(map(str, self.info.input_size))}".replace("/", "_").replace(":", "_")
+        return f"models/{key}/"
+
+    def _settings_for_model(self) -> None:
+        """The sampler fields for the model just opened: what was last used with it, else the preset that suits
+        its input (default_preset), never the previous model's."""
+        s, group = self.settings, self._model_group()
+        preset = s.value(f"{group}preset") or default_preset(self.info)
+        self.preset.blockSignals(True)
+        self.preset.setCurrentText(preset)
+        self.preset.blockSignals(False)
+        self.apply_preset(self.preset.currentText())
+        for key in self.form.widgets:
+            if s.contains(f"{group}sampler/{key}"):
+                try:
+                    self.form.set_value(key, s.value(f"{group}sampler/{key}"))
+                except (TypeError, ValueError):
+                    pass
 
     def recent(self) -> list[str]:
         value = self.settings.value("recent", [])
@@ -360,9 +403,18 @@ class MainWindow(QMainWindow):
             f"{info.num_classes} classes")
         self._fill_tree(layers)
         self._fill_classes()
+        self._settings_for_model()
         self.last_run, self.preview_image = None, None
         self.preview.clear()
         self.preview.setText("samples appear here")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("idle")
+        self.stats_label.setText("")
+        self._accept, self._energy = [], []
+        self.accept_plot.set_values([])
+        self.energy_plot.set_values([])
+        self.run_button.setEnabled(True)
         if Path(str(source)).exists():
             self.settings.setValue("last_dir", str(Path(source).parent))
         entry = f"{source}|{weights}" if weights else str(source)
@@ -597,7 +649,9 @@ class MainWindow(QMainWindow):
         if self.last_run is None:
             self.show_error("Nothing to save yet: run the sampler first.")
             return None
-        return save_grid(self.last_run.result.x, self.info, path, nrow=self.last_run.config.chains, min_size=56)
+        run = self.last_run
+        return save_grid(run.result.x, self.info, path, nrow=grid_columns(run.config.chains, len(run.nodes)),
+                         min_size=56)
 
     def save_npz(self, path: str | Path) -> Path | None:
         if self.last_run is None:

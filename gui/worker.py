@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from gencnn_plugin.hmc import HMCConfig, HMCStep
 from gencnn_plugin.runtime import resolve_device
 from gencnn_plugin.specs import ModelInfo
-from gencnn_plugin.visualize import grid_pixels, sample_node
+from gencnn_plugin.visualize import grid_columns, grid_pixels, sample_node
 
 __all__ = ["SampleJob", "SamplerWorker", "grid_image"]
 
@@ -69,7 +68,8 @@ class SamplerWorker(QObject):
                 stats = {"accept": float(step.accepted.float().mean()), "energy_error":
                          float(step.energy_error.abs().mean()), "score": float(step.score.mean()),
                          "step_size": float(step.step_size.mean())}
-                nrow = math.ceil(math.sqrt(step.x.shape[0]))  # a square preview, whatever the chain count
+                nodes = len(job.node) if isinstance(job.node, list) else 1
+                nrow = grid_columns(step.x.shape[0] // nodes, nodes)  # the layout the saved PNG has
                 self.progress.emit(done, total, grid_image(step.x, job.info, nrow), stats)
             return self._stop.is_set()
 

@@ -188,3 +188,43 @@ def test_file_names_are_shown_as_text_not_markup(window, tmp_path):
     path = save_checkpoint(tmp_path / "<b>bold<b><img src=x>.safetensors", model, info)
     assert window.open_source(str(path))
     assert "&lt;b&gt;bold&lt;b&gt;&lt;img src=x&gt;" in window.model_label.text()
+
+
+def test_fields_follow_the_opened_model(window, lenet_ckpt):
+    """Opening another model never keeps the last one's sampler settings: it gets what was last used with it, else
+    the preset that suits its input; the status line and plots start empty."""
+    from gencnn_plugin.visualize import default_preset, load_preset
+
+    assert not window.run_button.isEnabled()  # no model yet
+    assert window.open_source(str(lenet_ckpt)) and window.run_button.isEnabled()
+    assert window.preset.currentText() == default_preset(window.info)
+    window.chains.setValue(12)
+    window.stats_label.setText("old status")
+    window.save_settings()
+    assert window.open_source("tv:squeezenet1_1")
+    large = load_preset(default_preset(window.info))
+    assert window.preset.currentText() == default_preset(window.info) and window.chains.value() == large.chains
+    assert window.stats_label.text() == "" and window.progress.format() == "idle"
+    assert window.open_source(str(lenet_ckpt)) and window.chains.value() == 12  # the LeNet's own, restored
+
+
+def test_the_preview_grid_is_the_saved_grid(window, qtbot, lenet_ckpt, tmp_path):
+    from PIL import Image
+
+    window.open_source(str(lenet_ckpt))
+    window.set_node("logits:1")
+    small(window, chains=8, iters=2, leapfrog=2)
+    with qtbot.waitSignal(window.worker.finished, timeout=20_000):
+        window.start()
+    qtbot.waitUntil(lambda: not window.running)
+    h, w, _ = window.preview_image.shape
+    assert (w, h) == Image.open(window.save_png(tmp_path / "g.png")).size == (4 * 58 + 2, 2 * 58 + 2)  # 4 x 2
+
+
+def test_quit_action_and_platform_hint(window):
+    from gencnn_gui.app import platform_hint
+
+    assert any(a.text() == "&Quit" and a.shortcut().toString() == "Ctrl+Q"
+               for a in window.menuBar().actions()[0].menu().actions())
+    assert platform_hint({"QT_QPA_PLATFORM": "offscreen"}) is None
+    assert "no display" in platform_hint({})
