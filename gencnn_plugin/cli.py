@@ -286,6 +286,7 @@ def _add_sample(sub) -> None:
                         "(default: range)")
     p.add_argument("--min-size", type=int, default=56, help="upscale small images to at least this many pixels "
                                                             "(default: 56)")
+    p.add_argument("--no-caption", action="store_true", help="the grid alone, without the caption under it")
     _common(p)
     p.set_defaults(func=_cmd_sample)
 
@@ -293,7 +294,17 @@ def _add_sample(sub) -> None:
 def _cmd_sample(args) -> int:
     from .files import check_output_path
     from .runtime import resolve_device
-    from .visualize import default_preset, grid_columns, load_preset, sample_node, save_grid, save_npz
+    from .visualize import (
+        RHAT_OK,
+        caption,
+        default_preset,
+        grid_columns,
+        load_preset,
+        row_labels,
+        sample_node,
+        save_grid,
+        save_npz,
+    )
 
     if args.nrow is not None and args.nrow < 1:
         raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
@@ -312,8 +323,11 @@ def _cmd_sample(args) -> int:
     run = sample_node(model, info, args.node, config, device, devices=devices,
                       callback=None if args.quiet or devices else _sample_progress(config, len(args.node)))
     s = run.result.summary
+    text = caption(run)
     save_grid(run.result.x, info, args.out, nrow=args.nrow or grid_columns(run.config.chains, len(run.nodes)),
-              min_size=args.min_size, display=args.display)
+              min_size=args.min_size, display=args.display, row_labels=row_labels(run) if not args.nrow else None,
+              caption=None if args.no_caption else text,
+              metadata={"nodes": run.nodes, "config": vars(run.config), "summary": s, "model": info.model})
     if args.npz:
         save_npz(run, args.npz)
     print(f"{info.model} {', '.join(run.nodes)}: {s['chains']} chains x {s['iters']} iterations x "
@@ -322,6 +336,9 @@ def _cmd_sample(args) -> int:
           f"final f_y {s['final_score_mean']:.3f}, ESS(f_y) {s['ess_score']:.1f}, R-hat {s['rhat_score']:.3f}")
     print(f"{s['seconds']:.2f} s, {s['grad_evals_per_second']:.0f} gradient evaluations/s; wrote {args.out}"
           f"{' and ' + args.npz if args.npz else ''}")
+    if s["rhat_score"] > RHAT_OK:
+        args.notes.append(f"R-hat {s['rhat_score']:.2f} > {RHAT_OK}: the chains of a node disagree, so the grid is not "
+                          "yet a sample of p_y; run more iterations (--iters) or more adapted steps (--adapt-steps)")
     args.notes.extend(run.warnings)
     return 0
 

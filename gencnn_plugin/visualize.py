@@ -22,7 +22,8 @@ from .settings import to_argv
 from .specs import ModelInfo
 
 __all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "grid_pixels", "save_grid",
-           "save_npz", "load_preset", "sample_command", "default_preset", "DEFAULT_PRESETS", "grid_columns"]
+           "save_npz", "load_preset", "sample_command", "default_preset", "DEFAULT_PRESETS", "grid_columns", "annotate",
+           "caption", "row_labels", "RHAT_OK"]
 
 
 @dataclass
@@ -43,6 +44,7 @@ def load_preset(name_or_path: str | None = None, **overrides) -> HMCConfig:
     return load_config(name_or_path, overrides, cls=HMCConfig, folder=HMC_PRESET_DIR)
 
 
+RHAT_OK = 1.05  # split R-hat above this: the chains of a node disagree, the grid is not (yet) a sample of p_y
 # The preset a model gets when none is named: by its input (small grey digits-like inputs, or photos).
 DEFAULT_PRESETS = {"small": "lenet_tuned", "large": "alexnet_fc8"}
 
@@ -191,15 +193,90 @@ def grid_pixels(x: torch.Tensor, info: ModelInfo, nrow: int = 8, padding: int = 
     return vutils.make_grid(pix, nrow=nrow, padding=padding, pad_value=1.0)
 
 
-def save_grid(x: torch.Tensor, info: ModelInfo, path: str | Path, nrow: int = 8, padding: int = 2,
-              min_size: int = 0, display: str = "range") -> Path:
-    """Write samples as a PNG grid (``nrow`` images per row), upscaled by an integer factor to ``min_size`` px."""
-    import torchvision.utils as vutils
+def annotate(grid: torch.Tensor, row_labels: list[str] | None = None, caption: str | None = None,
+             font_size: int = 14) -> np.ndarray:
+    """A grid (3, H, W) in [0, 1] as an RGB uint8 picture (H', W', 3) with a label left of each row (e.g. the
+    class of that row's node) and a caption below (the settings that produced it). Without either, the grid."""
+    from PIL import Image, ImageDraw, ImageFont
 
-    grid = grid_pixels(x, info, nrow, padding, min_size, display)
+    img = Image.fromarray((grid.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    if not row_labels and not caption:
+        return np.asarray(img)
+    font = ImageFont.load_default(font_size)
+    draw = ImageDraw.Draw(img)
+    left = max((int(draw.textlength(t, font=font)) for t in row_labels), default=0) + 8 if row_labels else 0
+    lines = _wrap(caption or "", font, draw, left + img.width - 8)
+    line_h = font_size + 4
+    out = Image.new("RGB", (left + img.width, img.height + (len(lines) * line_h + 6 if lines else 0)), "white")
+    out.paste(img, (left, 0))
+    draw = ImageDraw.Draw(out)
+    if row_labels:
+        row_h = img.height / len(row_labels)
+        for i, text in enumerate(row_labels):
+            draw.text((4, row_h * (i + 0.5)), text, fill="black", font=font, anchor="lm")
+    for i, text in enumerate(lines):
+        draw.text((4, img.height + 4 + i * line_h), text, fill="black", font=font)
+    return np.asarray(out)
+
+
+def _wrap(text: str, font, draw, width: int) -> list[str]:
+    lines: list[str] = []
+    for para in text.split("\n"):
+        line = ""
+        for word in para.split():
+            trial = f"{line} {word}".strip()
+            if line and draw.textlength(trial, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        if line:
+            lines.append(line)
+    return lines
+
+
+def save_grid(x: torch.Tensor, info: ModelInfo, path: str | Path, nrow: int = 8, padding: int = 2,
+              min_size: int = 0, display: str = "range", row_labels: list[str] | None = None,
+              caption: str | None = None, metadata: dict | None = None) -> Path:
+    """Write samples as a PNG grid (``nrow`` images per row), upscaled by an integer factor to ``min_size`` px, with
+    optional row labels and a caption (:func:`annotate`); ``metadata`` goes into the PNG's text chunks as JSON."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    picture = annotate(grid_pixels(x, info, nrow, padding, min_size, display), row_labels, caption)
+    png = PngInfo()
+    if caption:
+        png.add_text("Description", caption)
+    if metadata:
+        png.add_text("gencnn", json.dumps(metadata, default=str))
+    png.add_text("Software", "gencnn")
     with atomic_path(path) as tmp:
-        vutils.save_image(grid, str(tmp), format="png")
+        Image.fromarray(picture).save(str(tmp), format="png", pnginfo=png)
     return Path(path)
+
+
+def row_labels(run: SampleRun) -> list[str] | None:
+    """One label per grid row when each row is one node (several nodes): the class name for an output node."""
+    if len(run.nodes) < 2:
+        return None
+    names = run.info.class_names
+    out = []
+    for text in run.nodes:
+        node = Node.parse(text, names)
+        out.append(names[node.index] if node.layer == "logits" and node.index < len(names) else text)
+    return out
+
+
+def caption(run: SampleRun) -> str:
+    """What produced a grid, in one or two lines: model, node(s), reference and temperature, sampler settings,
+    acceptance, and the convergence check (split R-hat; flagged above 1.05)."""
+    c, s = run.config, run.result.summary
+    nodes = run.nodes[0] if len(run.nodes) == 1 else f"{len(run.nodes)} nodes, one per row"
+    rhat = s.get("rhat_score", float("nan"))
+    flag = "" if rhat <= RHAT_OK else " - NOT CONVERGED (R-hat > 1.05)"
+    return (f"{run.info.model} {nodes}: q = N(0, {c.sigma:g}^2 I), T = {c.temperature:g}; {s['iters']} iterations x "
+            f"{c.trajectory_steps} leapfrog steps (step {c.step_size:g}, mass {c.mass:g}); acceptance "
+            f"{s['accept_rate']:.2f}; R-hat {rhat:.2f}{flag}")
 
 
 def save_npz(run: SampleRun, path: str | Path) -> Path:
