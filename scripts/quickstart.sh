@@ -12,8 +12,9 @@ export GENCNN_DATA=${GENCNN_DATA:-../shared/data}
 OUT=${OUT:-runs/quickstart}
 EPOCHS=${EPOCHS:-2}
 
-gencnn train lenet_mnist --mode gg+dg --epochs "$EPOCHS" --switch-epoch $((EPOCHS / 2)) --device cpu --out "$OUT/gg+dg"
-gencnn train lenet_mnist --mode dg --epochs "$EPOCHS" --device cpu --out "$OUT/dg"
+gencnn train lenet_mnist --mode gg+dg --epochs "$EPOCHS" --switch-epoch $((EPOCHS / 2)) --device cpu --out "$OUT/gg+dg" \
+  --overwrite
+gencnn train lenet_mnist --mode dg --epochs "$EPOCHS" --device cpu --out "$OUT/dg" --overwrite
 echo
 echo "test error on the 10,000 MNIST test images after $EPOCHS epochs:"
 gencnn eval "$OUT/gg+dg" --device cpu
