@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["GG_BATCHNORM", "gg_batchnorm"]
+__all__ = ["GG_BATCHNORM", "gg_batchnorm", "after_norm"]
 
 GG_BATCHNORM = ("batch", "detached", "frozen")
 
@@ -52,9 +52,20 @@ def _forward(bn: nn.modules.batchnorm._BatchNorm, how: str):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
         if bn.affine:
             y = y * bn.weight.view(shape) + bn.bias.view(shape)
-        return y
+        return after_norm(bn, y)
 
     return forward
+
+
+def after_norm(bn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """What a BatchNorm layer applies after normalising: timm's ``BatchNormAct2d`` (MobileNetV2, EfficientNet) adds
+    dropout and an activation, a plain BatchNorm nothing."""
+    drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
+    if isinstance(drop, nn.Module):
+        y = drop(y)
+    if isinstance(act, nn.Module):
+        y = act(y)
+    return y
 
 
 @contextlib.contextmanager
@@ -67,6 +78,12 @@ def gg_batchnorm(model: nn.Module, how: str = "batch") -> Iterator[nn.Module]:
     if how == "batch" or not layers:
         yield model
         return
+    from .distributed import GlobalBatchNorm
+
+    if any(isinstance(m, GlobalBatchNorm) for m in layers) and torch.distributed.is_available() \
+            and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise ValueError(f"gg_batchnorm {how!r} with the global GG estimator under DDP is not supported: its "
+                         "statistics would be each process's own; use gg_batchnorm batch or gg_estimator local")
     for bn in layers:
         bn.forward = _forward(bn, how)
     try:

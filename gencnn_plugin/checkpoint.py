@@ -20,7 +20,15 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from .files import atomic_path
-from .specs import MetadataError, ModelInfo, WeightsError, create_model, load_pickled, load_state_dict_checked
+from .specs import (
+    MetadataError,
+    ModelInfo,
+    WeightsError,
+    create_model,
+    load_pickled,
+    load_state_dict_checked,
+    state_mismatch,
+)
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_metadata", "save_train_state", "load_train_state",
            "atomic_path", "resolve_checkpoint", "CheckpointError", "FORMAT_VERSION"]
@@ -36,7 +44,8 @@ class CheckpointError(ValueError):
     """A file that is not a readable gencnn checkpoint."""
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, **extra: Any) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, follow_symlinks: bool = True,
+                    **extra: Any) -> Path:
     """Write weights and metadata atomically. ``extra`` (mode, epoch, dataset, config, ...) must be JSON-able.
 
     The model description is validated first, so a checkpoint we write is always one we can read back.
@@ -46,7 +55,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, **extra
     except MetadataError as e:
         raise CheckpointError(f"cannot save {path}: {e}") from None
     meta = {"format_version": FORMAT_VERSION, "model": info.to_dict(), "torch": torch.__version__, **extra}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, follow_symlinks) as tmp:
         save_model(model, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
     return Path(path)
 
@@ -98,6 +107,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         info = ModelInfo.from_dict(meta["model"])
     except MetadataError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    _check_shapes_before_building(path, info)
     # only the validated description reaches the constructor: no weights file, trust or download from a file
     try:
         model, _ = create_model(info.model, num_classes=info.num_classes, in_chans=info.in_chans,
@@ -117,9 +127,26 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), info, meta
 
 
+def _check_shapes_before_building(path: Path, info: ModelInfo) -> None:
+    """Compare the file's tensor names and shapes with the described model built on the ``meta`` device (no memory),
+    so metadata that asks for a huge network fails before anything is allocated."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        with torch.device("meta"):
+            model, _ = create_model(info.model, num_classes=info.num_classes, in_chans=info.in_chans,
+                                    img_size=info.input_size[-1], mean=info.mean, std=info.std,
+                                    class_names=info.class_names, **info.kwargs)
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, NotImplementedError, AssertionError):
+        return  # the full load below reports what is wrong
+    problem = state_mismatch(model, shapes)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+
+
 def save_train_state(path: str | Path, state: dict) -> Path:
-    """Atomically write the resume state (tensors, numbers, strings, lists and dicts only)."""
-    with atomic_path(path) as tmp:
+    """Atomically write the resume state (tensors, numbers, strings, lists and dicts only); never through a link."""
+    with atomic_path(path, follow_symlinks=False) as tmp:
         torch.save(state, tmp)
     return Path(path)
 

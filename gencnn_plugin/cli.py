@@ -173,6 +173,7 @@ def _cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint, resolve_checkpoint
     from .data import make_loader
     from .runtime import resolve_device
+    from .schedule import MODES
     from .trainer import evaluate
 
     if args.batch_size < 1:
@@ -186,15 +187,28 @@ def _cmd_eval(args) -> int:
         path = args.model
         model, info = _open(args, device)
         meta = {}
-    dataset = args.dataset or meta.get("dataset", "mnist")
+    from .data import DATASETS
+
+    recorded = meta.get("dataset")  # metadata is data: checked before it is used, and it never names a folder
+    if args.dataset is None and recorded is not None and recorded not in DATASETS:
+        raise ConfigError(f"the checkpoint records dataset {str(recorded)[:40]!r}, not one of {', '.join(DATASETS)}; "
+                          "pass --dataset")
+    dataset = args.dataset or recorded or "mnist"
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    data_dir = args.data_dir or (config.get("data_dir") if dataset == "imagefolder" else None)
-    loader = make_loader(dataset, data_dir, "test", info.input_size, info.mean, info.std, device, args.batch_size,
-                         num_classes=info.num_classes, seed=int(config.get("seed", 0) or 0), workers=2,
-                         classes=info.class_names if dataset == "imagefolder" else None)
+    seed = config.get("seed", 0)
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 else 0
+    if dataset == "imagefolder" and not args.data_dir:
+        raise ConfigError("an image-folder checkpoint: pass --data-dir FOLDER (with train/ and val/); the folder a "
+                          "checkpoint was trained on is not read from its metadata")
+    loader = make_loader(dataset, args.data_dir, "test", info.input_size, info.mean, info.std, device,
+                         args.batch_size, num_classes=info.num_classes, seed=seed if dataset == "synthetic" else 0,
+                         workers=2, classes=info.class_names if dataset == "imagefolder" else None)
     result = evaluate(model, loader, device)
-    out = {"checkpoint": str(path), "model": info.model, "dataset": dataset, "mode": meta.get("mode"),
-           "epoch": meta.get("epoch"), "test_error": result["error"], "test_loss": result["loss"], "n": result["n"]}
+    mode = meta.get("mode") if meta.get("mode") in MODES else None
+    epoch = meta.get("epoch") if isinstance(meta.get("epoch"), int) and not isinstance(meta.get("epoch"), bool) \
+        else None
+    out = {"checkpoint": str(path), "model": info.model, "dataset": dataset, "mode": mode, "epoch": epoch,
+           "test_error": result["error"], "test_loss": result["loss"], "n": result["n"]}
     if args.json:
         print(json.dumps(out))
     else:
@@ -310,8 +324,10 @@ def _cmd_sample(args) -> int:
         raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
     if not 0 <= args.min_size <= 4096:
         raise ConfigError(f"--min-size must be in [0, 4096], got {args.min_size}")
+    if args.npz and Path(args.npz).resolve() == Path(args.out).resolve():
+        raise ConfigError(f"--out and --npz name the same file ({args.out}); give two names")
     for out in [args.out] + ([args.npz] if args.npz else []):
-        check_output_path(out)
+        check_output_path(out, follow_symlinks=out != "samples.png" or "--out" in args.argv)
     _threads(args)
     device = resolve_device(args.device)
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
@@ -524,6 +540,15 @@ def _run(args) -> int:
     except user_errors as e:
         print(f"gencnn {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        text = str(e).lower()
+        if any(k in text for k in ("can't allocate memory", "out of memory", "not enough memory")):
+            print(f"gencnn {args.command}: error: out of memory ({_one_line(e)[:120]}); use a smaller batch, input "
+                  "size or chain count", file=sys.stderr)
+            return 2
+        print(f"gencnn {args.command}: internal error: RuntimeError: {_one_line(e)} (--debug shows the traceback; "
+              "please report it)", file=sys.stderr)
+        return 1
     except Exception as e:  # a bug of ours: one line too, and the way to see more
         print(f"gencnn {args.command}: internal error: {type(e).__name__}: {_one_line(e)} (--debug shows the "
               "traceback; please report it)", file=sys.stderr)

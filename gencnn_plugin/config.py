@@ -36,6 +36,9 @@ ConfigError = SettingsError  # a recipe, preset or override that cannot be used 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 # keys that older run folders hold and that are no longer settings: trust is never read from a file
 _REMOVED = {"trust_pickle": "trust is given only on the command line (--trust-pickle)"}
+# settings that say which files a command writes: only the person running it chooses them (flags or code), never a
+# recipe or a run's config.yaml (which records them, and is read back on --resume)
+_COMMAND_LINE_ONLY = ("out", "resume")
 
 
 @dataclass
@@ -175,6 +178,12 @@ def load_config(name_or_path: str | Path | None = None, overrides: dict[str, Any
             hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
             raise ConfigError(f"no recipe {str(name_or_path)!r} (not a file, not in {folder}){hint}")
         values = read_yaml(path)
+        for key in _COMMAND_LINE_ONLY if cls is TrainConfig else ():
+            value = values.pop(key, None)
+            own_folder = key == "out" and isinstance(value, str) and Path(value).resolve() == path.parent.resolve()
+            if value is not None and not own_folder:  # a run's config.yaml records its own folder: no news
+                warnings.warn(f"ignored {key} from {path.name}: which folder a run writes is chosen on the command "
+                              f"line (--{key})", UserWarning, stacklevel=2)
         if "name" in getattr(cls, "__dataclass_fields__", {}):
             values.setdefault("name", re.sub(r"[^A-Za-z0-9_.+-]", "_", path.stem).lstrip("._+-")[:64] or "run")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -261,9 +261,11 @@ class _MappedImageFolder:
                 return list(classes), {c: i for i, c in enumerate(classes)}
 
             def __getitem__(self, index):
+                from PIL import Image
+
                 try:
                     return super().__getitem__(index)
-                except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+                except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError: OSError
                     raise DataError(f"{self.samples[index][0]} is not a readable image ({type(e).__name__})") \
                         from None
 

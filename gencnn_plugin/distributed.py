@@ -80,7 +80,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
+            return self._after(super().forward(x))
         from torch.distributed.nn.functional import all_reduce
 
         dims = [0, *range(2, x.dim())]
@@ -99,7 +99,13 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return self._after(y)
+
+    def _after(self, y: torch.Tensor) -> torch.Tensor:
+        """A converted timm BatchNormAct2d keeps its dropout and activation (children ``drop`` and ``act``)."""
+        from .batchnorm import after_norm
+
+        return after_norm(self, y)
 
 
 def convert_global_batchnorm(module: nn.Module) -> nn.Module:
@@ -115,6 +121,6 @@ def convert_global_batchnorm(module: nn.Module) -> nn.Module:
         out.running_mean, out.running_var = module.running_mean, module.running_var
         out.num_batches_tracked = module.num_batches_tracked
         out.train(module.training)
-    for name, child in module.named_children():
+    for name, child in module.named_children():  # a BatchNormAct2d's drop and act come along as children
         out.add_module(name, convert_global_batchnorm(child))
     return out

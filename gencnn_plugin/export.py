@@ -117,6 +117,16 @@ def _metadata(info: ModelInfo, node: str | None, opset: int, exporter: str, prec
             "arch": info.model, "dtype": dtype}
 
 
+def _remove_stale_folders(path: Path) -> None:
+    """Private export folders ``.NAME.PID.XXXX.tmp/`` beside ``path`` whose process is gone (a killed export)."""
+    from .files import _TMP, _pid_alive
+
+    for cand in path.parent.glob(f".{path.name}.*.tmp"):
+        m = _TMP.fullmatch(cand.name)
+        if cand.is_dir() and m and m.group("name") == path.name and not _pid_alive(int(m.group("pid"))):
+            shutil.rmtree(cand, ignore_errors=True)
+
+
 def _external_locations(path: Path) -> set[str]:
     """The external-data files an existing .onnx refers to (empty if it is not a readable ONNX file)."""
     try:
@@ -136,7 +146,8 @@ def _artifact(path: Path):
     replaced referred to it (then it was that artifact's part); any other file of that name is left alone.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _remove_stale_folders(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     data = Path(f"{path}.data")
     old_mode = path.stat().st_mode & 0o7777 if path.is_file() else None
     mode = old_mode if old_mode is not None else new_file_mode()
@@ -145,7 +156,10 @@ def _artifact(path: Path):
         yield tmp / path.name
         os.chmod(tmp / path.name, mode)
         if (tmp / data.name).exists():
-            check_output_path(data)
+            check_output_path(data, follow_symlinks=False)
+            if data.exists() and not ours:  # a file of that name that is not the replaced artifact's: the user's
+                raise ExportError(f"{data} exists and is not the external data of {path.name}: move it, or choose "
+                                  "another --out")
             os.chmod(tmp / data.name, mode)  # onnx writes it 0600; give it the .onnx file's mode
             os.replace(tmp / data.name, data)  # the data first: the old .onnx never points at missing weights
             os.replace(tmp / path.name, path)
@@ -233,9 +247,13 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: Model
     Raises :class:`ExportError` naming the exporter's message and the layer.
     """
     if weights_file is not None:
+        warnings.warn("export_onnx(weights_file=...) is deprecated; use weights=", DeprecationWarning, stacklevel=2)
         weights = weights if weights is not None else weights_file
     if fp16 is not None:
+        warnings.warn("export_onnx(fp16=...) is deprecated; use precision='fp16'", DeprecationWarning, stacklevel=2)
         precision = "fp16" if fp16 else precision
+    if node is not None and not str(node).strip():
+        raise ExportError("--node is empty: give a node (e.g. logits:3), or leave it out to export the logits")
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}: use {' or '.join(EXPORTERS)}")
     if precision not in EXPORT_PRECISIONS:
@@ -283,14 +301,30 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, *, info: Model
             entry.key, entry.value = k, v
         size = sum(t.ByteSize() for t in proto.graph.initializer)
         external = size > EXTERNAL_DATA_LIMIT if external_data is None else external_data
-        onnx.save_model(proto, str(tmp), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=f"{path.name}.data", size_threshold=1024)
+        if external:
+            _to_external(proto, f"{path.name}.data")
+        onnx.save_model(proto, str(tmp))  # writes any external tensors beside tmp, in the private folder
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as e:
             raise ExportError(f"onnx.checker rejected the export of {info.model}: {e}") from e
     data = Path(f"{path}.data")
     return ExportResult(path, data if data.exists() else None, exporter, opset, seconds, output, meta, tracer_warnings)
+
+
+def _to_external(proto, location: str) -> None:
+    """Mark the initializers (> 1 KiB) as external data in one file named ``location`` beside the model.
+
+    onnx's own ``location=`` refuses when a file of that name exists in the *current* folder, whatever the model's
+    folder; converting under onnx's temporary name and renaming the references avoids that.
+    """
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    convert_model_to_external_data(proto, all_tensors_to_one_file=True, location=None, size_threshold=1024)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
 
 
 def _provenance(source) -> dict | None:

@@ -31,15 +31,24 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def check_output_path(path: str | Path) -> Path:
+def check_output_path(path: str | Path, follow_symlinks: bool = True) -> Path:
     """``path`` resolved through symlinks, if it may be written: a regular file or nothing yet, in a folder that is
-    not a file. Raises :class:`OutputPathError` naming what is there instead."""
+    not a file. Raises :class:`OutputPathError` naming what is there instead.
+
+    ``follow_symlinks=False`` is for files the user did not name (a run folder's own files, a default output name):
+    a link there is refused rather than written through.
+    """
     text = str(path)
     if not text.strip():
         raise OutputPathError("the output path is empty: give a file name")
-    p = Path(text).expanduser()
+    p = Path(text)  # taken literally: a shell has already expanded ~ (an unknown ~user would be an error here)
     if p.is_symlink():
-        p = p.resolve()
+        if not follow_symlinks:
+            raise OutputPathError(f"{text} is a symbolic link; gencnn does not write through links it was not given")
+        try:
+            p = p.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link or a loop
+            raise OutputPathError(f"{text} is a symbolic link that leads nowhere (or in a loop)") from None
     if p.exists() and not p.is_file():
         kind = ("a folder" if p.is_dir() else "a device" if p.is_char_device() or p.is_block_device()
                 else "not a regular file")
@@ -79,10 +88,10 @@ def _remove_stale_temporaries(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, follow_symlinks: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically (keeping the old file's
-    mode, or the umask's for a new file), on failure it is removed."""
-    target = check_output_path(path)
+    mode, or the umask's for a new file), on failure it is removed. ``follow_symlinks``: see check_output_path."""
+    target = check_output_path(path, follow_symlinks)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target)
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else new_file_mode()

@@ -151,6 +151,9 @@ def hmc_sample(
     ``target_accept`` during those first iterations only.
     """
     config = config or HMCConfig()
+    if not isinstance(config, HMCConfig):
+        raise TypeError(f"hmc_sample(score_fn, x0, config): config must be an HMCConfig (settings by keyword: "
+                        f"iters=..., step_size=...), got {type(config).__name__}")
     if overrides:
         known = {f.name for f in dataclasses.fields(HMCConfig)}
         unknown = sorted(set(overrides) - known)

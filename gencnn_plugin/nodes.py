@@ -161,9 +161,10 @@ def parse_node(text: str, class_names: list[str] | None = None) -> Node:
     return Node(layer, index, position, "unit")
 
 
-def _named_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor]]:
-    """Run ``model`` once with hooks on every submodule: (name, module, output) per call, repeated calls as _k."""
-    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
+def _named_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """Run ``model`` once with hooks on every submodule: (name, module, output shape) per call, repeated calls as _k
+    (shapes only: keeping every activation would hold the whole forward pass in memory)."""
+    calls: list[tuple[str, nn.Module, tuple[int, ...]]] = []
     counts: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
@@ -174,7 +175,7 @@ def _named_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module
             k = counts.get(name, 0)
             counts[name] = k + 1
             if isinstance(out, torch.Tensor):
-                calls.append((name if k == 0 else f"{name}_{k}", mod, out.detach()))
+                calls.append((name if k == 0 else f"{name}_{k}", mod, tuple(out.shape)))
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -198,8 +199,8 @@ def list_layers(model: nn.Module, info: ModelInfo) -> list[LayerInfo]:
     model.eval()
     param = next(model.parameters(), None)
     x = torch.zeros(1, *info.input_size, device=param.device if param is not None else "cpu")
-    layers = [LayerInfo(n, type(m).__name__, tuple(o.shape[1:]), _num_nodes(tuple(o.shape[1:])))
-              for n, m, o in _named_calls(model, x)]
+    layers = [LayerInfo(n, type(m).__name__, shape[1:], _num_nodes(shape[1:]))
+              for n, m, shape in _named_calls(model, x)]
     layers.append(LayerInfo(LOGITS, "output", (info.num_classes,), info.num_classes))
     return layers
 

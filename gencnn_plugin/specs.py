@@ -24,7 +24,8 @@ from torch import nn
 from . import models as _paper_models  # noqa: F401  (registers lenet_caffe, zfnet into timm)
 
 __all__ = ["ModelInfo", "create_model", "parse_spec", "list_specs", "adapt_input_channels", "load_state_dict_checked",
-           "load_pickled", "check_model_kwargs", "UnknownModelError", "WeightsError", "MetadataError", "MODEL_KWARGS"]
+           "load_pickled", "check_model_kwargs", "state_mismatch", "UnknownModelError", "WeightsError",
+           "MetadataError", "MODEL_KWARGS"]
 
 # Short names for the paper's networks (Table 1 and 2).
 ALIASES = {"lenet": "timm:lenet_caffe", "zfnet": "timm:zfnet", "alexnet": "tv:alexnet"}
@@ -141,7 +142,7 @@ class ModelInfo:
         size = d["input_size"]
         if not (isinstance(size, (list, tuple)) and len(size) == 3):
             raise MetadataError(f"model metadata: input_size must be [channels, height, width], got {str(size)[:40]}")
-        size = tuple(_int({"input_size": v}, "input_size", 1, 8192) for v in size)
+        size = tuple(_int({"input_size": v}, "input_size", 1, 4096) for v in size)
         if size[0] != in_chans:
             raise MetadataError(f"model metadata: input_size {size} does not start with in_chans={in_chans}")
         mean, std = _floats(d, "mean", in_chans), _floats(d, "std", in_chans)
@@ -187,8 +188,23 @@ def _fnmatch(name: str, pattern: str) -> bool:
     return fnmatch.fnmatch(name, pattern)
 
 
+_SPEC = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+
+
+def _tv_classifiers() -> list[str]:
+    """torchvision's image classifiers (not its detection, segmentation, video or optical-flow models, whose
+    builders download backbone weights by default)."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``"timm:resnet18"`` -> ("timm", "resnet18"); bare names resolve through aliases, then timm, then torchvision."""
+    """``"timm:resnet18"`` -> ("timm", "resnet18"); bare names resolve through aliases, then timm, then torchvision.
+
+    Only image classifiers are specs: letters, digits, ``_ . : -`` (so a spec read from a file can carry no markup or
+    terminal escapes), timm's models (no ``hf-hub:`` or other remote names) and torchvision's classification models.
+    """
+    if not isinstance(spec, str) or not _SPEC.fullmatch(spec):
+        raise UnknownModelError(f"{str(spec)[:60]!r} is not a model spec (lenet, timm:NAME, tv:NAME)")
     spec = ALIASES.get(spec, spec)
     if ":" in spec:
         source, name = spec.split(":", 1)
@@ -198,9 +214,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
         source, name = "timm", spec
     else:
         source, name = "tv", spec
-    known = timm.is_model(name) if source == "timm" else name in torchvision.models.list_models()
+    known = timm.is_model(name) if source == "timm" else name in _tv_classifiers()
     if not known:
-        pool = timm.list_models() if source == "timm" else torchvision.models.list_models()
+        pool = timm.list_models() if source == "timm" else _tv_classifiers()
         close = difflib.get_close_matches(name, pool + list(ALIASES), n=5, cutoff=0.6)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise UnknownModelError(f"unknown model {spec!r} ({'timm' if source == 'timm' else 'torchvision'}){hint}")
@@ -277,22 +293,32 @@ def load_pickled(path: str | Path, trust_pickle: bool = False, opt_in: bool = Tr
         raise WeightsError(f"{path} is not a readable PyTorch file ({_first_line(e)})") from None
 
 
+def state_mismatch(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """One line naming the missing, unexpected and mis-shaped keys of a state (names -> shapes) against ``model``
+    (which may live on the ``meta`` device), or None when they fit."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in own if k not in shapes]
+    unexpected = [k for k in shapes if k not in own]
+    other = [f"{k} {shapes[k]} in the file vs {own[k]} in the model" for k in own if k in shapes
+             and tuple(shapes[k]) != own[k]]
+    if not (missing or unexpected or other):
+        return None
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
+             f"{len(other)} of another shape ({few(other)})" if other else ""]
+    name = getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
+    return f"the weights do not fit {name}: {'; '.join(p for p in parts if p)}"
+
+
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)``, with one line naming the missing, unexpected and mis-shaped keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-        parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
-                 f"{len(shapes)} of another shape ({few(shapes)})" if shapes else ""]
-        name = getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
-        raise WeightsError(f"{source}: the weights do not fit {name}: {'; '.join(p for p in parts if p)}")
+    problem = state_mismatch(model, {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise WeightsError(f"{source}: {problem}")
     model.load_state_dict(state)
 
 
@@ -348,9 +374,11 @@ def create_model(
             net = timm.create_model(name, pretrained=pretrained, **model_kwargs)
         except TypeError as e:
             if "img_size" not in str(e):
-                raise
+                raise ValueError(f"cannot build {model} with {kwargs or 'these options'}: {_first_line(e)}") from None
             model_kwargs.pop("img_size")  # convnets take any size; only some (ViTs) need it at construction
-            net = timm.create_model(name, pretrained=pretrained, **model_kwargs)
+            net = _build(lambda: timm.create_model(name, pretrained=pretrained, **model_kwargs), model, kwargs)
+        except (ValueError, KeyError, AssertionError, RuntimeError, AttributeError) as e:
+            raise ValueError(f"cannot build {model} with {kwargs or 'these options'}: {_first_line(e)}") from None
         pcfg = getattr(net, "pretrained_cfg", {}) or {}
         cfg_mean, cfg_std = pcfg.get("mean"), pcfg.get("std")
         real_in_chans = in_chans or getattr(net, "in_chans", None) or pcfg.get("input_size", (3,))[0]
@@ -361,7 +389,8 @@ def create_model(
         tv_kwargs = dict(kwargs)
         if num_classes is not None:
             tv_kwargs["num_classes"] = num_classes
-        net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **tv_kwargs)
+        net = _build(lambda: torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None,
+                                                          **tv_kwargs), model, kwargs)
         real_in_chans = in_chans or 3
         if real_in_chans != 3:
             adapt_input_channels(net, real_in_chans)
@@ -396,6 +425,14 @@ def create_model(
         kwargs=dict(kwargs),
     )
     return net, info
+
+
+def _build(make, model: str, kwargs: dict):
+    """A constructor call whose failures on bad options (a type, a value out of range) become one ValueError."""
+    try:
+        return make()
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, AttributeError) as e:
+        raise ValueError(f"cannot build {model} with {kwargs or 'these options'}: {_first_line(e)}") from None
 
 
 def _per_channel(values, in_chans: int) -> tuple[float, ...]:

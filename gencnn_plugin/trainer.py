@@ -41,6 +41,7 @@ from .data import describe, make_loader
 from .distributed import DistContext, convert_global_batchnorm
 from .distributed import cleanup as dist_cleanup
 from .distributed import setup as dist_setup
+from .files import OutputPathError, atomic_path, check_output_path
 from .losses import generative_loss
 from .progress import Progress
 from .runtime import environment, precision_context, resolve_device
@@ -266,6 +267,21 @@ def _state_path(cfg: TrainConfig) -> Path | None:
     return state
 
 
+def _write_run_file(path: Path, text: str) -> None:
+    """A run folder's own file, written atomically and never through a symbolic link (the user did not name it)."""
+    with atomic_path(path, follow_symlinks=False) as tmp:
+        tmp.write_text(text)
+
+
+def _check_run_files(run_dir: Path) -> None:
+    """A run folder's files are written in place: refuse links planted among them before anything is written."""
+    for name in RUN_FILES:
+        try:
+            check_output_path(run_dir / name, follow_symlinks=False)
+        except OutputPathError as e:
+            raise CheckpointError(f"run folder {run_dir}: {e}") from None
+
+
 def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
     """A new run may use an empty or missing folder; a folder holding a run needs --resume or --overwrite."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -291,8 +307,10 @@ def _train(cfg: TrainConfig, log, ctx: DistContext, device: torch.device, trust_
         shared = [str(run_dir)]
         torch.distributed.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
-    if ctx.is_main and state is None:
-        _claim_run_dir(run_dir, overwrite)
+    if ctx.is_main:
+        _check_run_files(run_dir)
+        if state is None:
+            _claim_run_dir(run_dir, overwrite)
     torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank (DDP also broadcasts rank 0's)
     model, info, train_loader, test_loader, holdout_loader = build_data(cfg, device, ctx, load_weights=state is None,
                                                                         trust_pickle=trust_pickle)
@@ -325,9 +343,9 @@ def _train(cfg: TrainConfig, log, ctx: DistContext, device: torch.device, trust_
     resolved = dataclasses.asdict(dataclasses.replace(cfg, out=str(run_dir), resume=None))
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        _write_run_file(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         # metrics.jsonl mirrors ``history``, which the resume state carries, so a resumed run rewrites it whole.
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        _write_run_file(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     net = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -363,7 +381,7 @@ def _train(cfg: TrainConfig, log, ctx: DistContext, device: torch.device, trust_
         "checkpoint": str(run_dir / CHECKPOINT_NAME), "run_dir": str(run_dir),
     }
     if ctx.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _write_run_file(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if history:
         log(f"done: test error {100 * summary['test_error']:.2f}% after {cfg.epochs} epochs ({cfg.mode}); {run_dir}")
     return summary
@@ -438,15 +456,15 @@ def _run_epoch(run: _Run, epoch: int) -> None:
              "history": run.history}
     try:
         save_train_state(run.run_dir / TRAIN_STATE_NAME, state)
-        save_checkpoint(run.run_dir / CHECKPOINT_NAME, run.model, run.info, mode=cfg.mode, epoch=epoch + 1,
+        save_checkpoint(run.run_dir / CHECKPOINT_NAME, run.model, run.info, follow_symlinks=False, mode=cfg.mode,
+                        epoch=epoch + 1,
                         phase=end["phase"], dataset=cfg.dataset, test_error=test["error"], config=run.resolved,
                         gencnn=__version__, date=_now())
     except (OSError, RuntimeError, CheckpointError) as e:  # disk full, quota, permissions: previous files stay
         reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200]
         raise CheckpointError(f"could not save epoch {epoch + 1} to {run.run_dir} ({reason}); "
                               f"{kept.replace('the last good', 'the previous')}") from None
-    with open(run.run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    _write_run_file(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in run.history))
     if ctx.enabled:
         torch.distributed.barrier()
     switched = " -> DG next" if end["switch_next"] else ""

@@ -4,15 +4,14 @@ ranged and typed as the field says, so a new setting appears in the app with not
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QAbstractSpinBox, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
 from gencnn_plugin.settings import settings_of
 
-__all__ = ["SettingsForm"]
+__all__ = ["SettingsForm", "NumberEdit"]
 
 _INT_MAX = 2**31 - 1
 
@@ -25,6 +24,30 @@ def _base(hint: Any) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0] if len(args) == 1 else str
     return hint
+
+
+class NumberEdit(QLineEdit):
+    """A number typed in full (``2e-06``, ``0.0123456789``, ``4000000000``): no rounding to a spin box's decimals or
+    its 32-bit range, so the app runs exactly the settings a preset or the CLI would. ``value()`` raises ValueError
+    for text that is not a number; the field's range is checked by the settings dataclass."""
+
+    valueChanged = Signal()  # noqa: N815 (Qt's naming, as QSpinBox's)
+
+    def __init__(self, kind: type) -> None:
+        super().__init__()
+        self.kind = kind
+        self.textChanged.connect(self.valueChanged)
+
+    def value(self) -> float | int:
+        text = self.text().strip()
+        try:
+            return int(text) if self.kind is int else float(text)
+        except ValueError:
+            raise ValueError(f"{self.objectName().replace('_', ' ')}: {text!r} is not a number") from None
+
+    def setValue(self, value) -> None:  # noqa: N802 (Qt's naming)
+        number = self.kind(value if self.kind is not int else float(value))
+        self.setText(str(number) if self.kind is int else f"{number:.12g}")
 
 
 class SettingsForm(QWidget):
@@ -58,24 +81,17 @@ class SettingsForm(QWidget):
             w.toggled.connect(self.changed)
             return w
         if base is int:
-            w = QSpinBox()
             lo = spec.ge if spec.ge is not None else (spec.gt + 1 if spec.gt is not None else 0)
             hi = spec.le if spec.le is not None else _INT_MAX
-            w.setRange(int(max(lo, -_INT_MAX)), int(min(hi, _INT_MAX)))
+            if -_INT_MAX <= lo and hi <= _INT_MAX:  # a spin box holds 32-bit integers
+                w = QSpinBox()
+                w.setRange(int(lo), int(hi))
+            else:
+                w = NumberEdit(int)
             w.valueChanged.connect(self.changed)
             return w
         if base is float:
-            w = QDoubleSpinBox()
-            w.setDecimals(5)
-            lo = spec.ge if spec.ge is not None else (spec.gt if spec.gt is not None else -1e9)
-            if spec.gt is not None:
-                lo = max(lo, 1e-5)  # the smallest step the box shows
-            hi = spec.le if spec.le is not None else (spec.lt if spec.lt is not None else 1e9)
-            if spec.lt is not None:
-                hi = math.nextafter(hi, -math.inf) if spec.lt == hi else hi
-                hi = min(hi, spec.lt - 1e-5)
-            w.setRange(lo, min(hi, 1e9))
-            w.setStepType(QAbstractSpinBox.AdaptiveDecimalStepType)
+            w = NumberEdit(float)
             w.valueChanged.connect(self.changed)
             return w
         w = QComboBox()  # free text: an editable combo box keeps the layout uniform
@@ -86,8 +102,9 @@ class SettingsForm(QWidget):
     def widget(self, name: str) -> QWidget:
         return self.widgets[name]
 
-    def values(self) -> dict[str, Any]:
-        """The shown values, by field name."""
+    def values(self, strict: bool = True) -> dict[str, Any]:
+        """The shown values, by field name. A number field holding text that is not a number raises ValueError,
+        or is left out with ``strict=False`` (saving settings)."""
         out: dict[str, Any] = {}
         for name, w in self.widgets.items():
             if isinstance(w, QComboBox):
@@ -95,7 +112,11 @@ class SettingsForm(QWidget):
             elif isinstance(w, QCheckBox):
                 out[name] = w.isChecked()
             else:
-                out[name] = w.value()
+                try:
+                    out[name] = w.value()
+                except ValueError:
+                    if strict:
+                        raise
         return out
 
     def set_values(self, obj: Any) -> None:
@@ -119,6 +140,9 @@ class SettingsForm(QWidget):
         elif isinstance(w, QCheckBox):
             w.setChecked(value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes"))
         elif isinstance(w, QSpinBox):
-            w.setValue(int(float(value)))
+            number = int(float(value))
+            if not w.minimum() <= number <= w.maximum():
+                raise ValueError(f"{name}: {number} is outside {w.minimum()}..{w.maximum()}")
+            w.setValue(number)
         else:
-            w.setValue(float(value))
+            w.setValue(value)

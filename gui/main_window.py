@@ -258,6 +258,7 @@ class MainWindow(QMainWindow):
         self.energy_plot = Sparkline("mean |energy error|", "#d62728")
         self.stats_label = QLabel("")
         self.error_label = QLabel("")
+        self.error_label.setTextFormat(Qt.PlainText)  # messages quote file and model names: text, never markup
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #b00020;")
         right = QWidget()
@@ -305,7 +306,7 @@ class MainWindow(QMainWindow):
         for key, value in saved.items():
             try:
                 self.form.set_value(key, value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 pass  # a value an older version stored: keep the preset's
         if s.value("device") in [self.device.itemText(i) for i in range(self.device.count())]:
             self.device.setCurrentText(s.value("device"))
@@ -322,7 +323,7 @@ class MainWindow(QMainWindow):
         groups = ["", self._model_group()] if self.info is not None else [""]
         for g in groups:
             s.setValue(f"{g}preset", self.preset.currentText())
-            for key, value in self.form.values().items():
+            for key, value in self.form.values(strict=False).items():
                 s.setValue(f"{g}sampler/{key}", value)
         s.setValue("device", self.device.currentText())
         s.setValue("geometry", self.saveGeometry())
@@ -346,19 +347,37 @@ class MainWindow(QMainWindow):
             if s.contains(f"{group}sampler/{key}"):
                 try:
                     self.form.set_value(key, s.value(f"{group}sampler/{key}"))
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     pass
 
-    def recent(self) -> list[str]:
-        value = self.settings.value("recent", [])
-        return [value] if isinstance(value, str) else list(value or [])
+    def recent(self) -> list[tuple[str, str | None]]:
+        """Recently opened (source, weights), newest first: absolute paths for files, specs as typed; stored as JSON
+        pairs (a file name may hold any character)."""
+        import json
+
+        value = self.settings.value("recent_files", "[]")
+        try:
+            items = json.loads(value if isinstance(value, str) else "[]")
+        except ValueError:
+            return []
+        return [(str(s), str(w) if w else None) for s, w in items if isinstance(s, str)][:MAX_RECENT]
+
+    def _remember(self, source: str, weights: str | None) -> None:
+        import json
+
+        def absolute(p: str | None) -> str | None:
+            return str(Path(p).resolve()) if p and Path(p).exists() else p
+
+        entry = (absolute(source), absolute(weights))
+        items = [entry] + [r for r in self.recent() if r != entry]
+        self.settings.setValue("recent_files", json.dumps(items[:MAX_RECENT]))
+        self._rebuild_recent()
 
     def _rebuild_recent(self) -> None:
         self.recent_menu.clear()
-        for item in self.recent():
-            source, _, weights = item.partition("|")
-            a = QAction(item.replace("|", "  +  "), self)
-            a.triggered.connect(lambda _=False, s=source, w=weights: self.open_source(s, w or None))
+        for source, weights in self.recent():
+            a = QAction(f"{source}  +  {weights}" if weights else source, self)
+            a.triggered.connect(lambda _=False, s=source, w=weights: self.open_source(s, w))
             self.recent_menu.addAction(a)
 
     # -- opening -----------------------------------------------------------------------------------------------
@@ -417,9 +436,7 @@ class MainWindow(QMainWindow):
         self.run_button.setEnabled(True)
         if Path(str(source)).exists():
             self.settings.setValue("last_dir", str(Path(source).parent))
-        entry = f"{source}|{weights}" if weights else str(source)
-        self.settings.setValue("recent", ([entry] + [r for r in self.recent() if r != entry])[:MAX_RECENT])
-        self._rebuild_recent()
+        self._remember(str(source), weights)
         self.select_layer(LOGITS)
         return True
 
@@ -662,12 +679,20 @@ class MainWindow(QMainWindow):
     def _save_png_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save grid", "samples.png", "PNG (*.png)")
         if path:
-            self.save_png(path)
+            self._saving(self.save_png, path)
 
     def _save_npz_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save samples", "samples.npz", "NumPy (*.npz)")
         if path:
-            self.save_npz(path)
+            self._saving(self.save_npz, path)
+
+    def _saving(self, save, path: str) -> Path | None:
+        """Save, showing a failure (a folder, a device, no permission, a full disk) in the window."""
+        try:
+            return save(path)
+        except (OSError, ValueError) as e:
+            self.show_error(f"Could not save {path}: {e}")
+            return None
 
     def command(self) -> str | None:
         """The gencnn sample command line that repeats the current settings headless."""
@@ -676,7 +701,11 @@ class MainWindow(QMainWindow):
         return sample_command(self.source, self.node(), self.config(), self.device.currentText(), self.weights)
 
     def copy_command(self) -> None:
-        cmd = self.command()
+        try:
+            cmd = self.command()
+        except ValueError as e:
+            self.show_error(str(e))
+            return
         if cmd:
             QGuiApplication.clipboard().setText(cmd)
             self.statusBar().showMessage("copied: " + cmd, 5000)

@@ -74,3 +74,29 @@ def test_a_gg_step_on_a_batchnorm_network(how):
         loss = generative_loss(model(x), y)
     loss.backward()
     assert torch.isfinite(loss) and model.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("how", ["detached", "frozen"])
+def test_timm_batchnorm_act_keeps_its_activation(how):
+    """MobileNetV2's BatchNormAct2d normalises, then applies dropout and ReLU6: the GG variants and the global
+    BatchNorm keep that (they once dropped it and trained another network)."""
+    from gencnn_plugin.distributed import convert_global_batchnorm
+
+    torch.manual_seed(0)
+    model, _ = create_model("timm:mobilenetv2_100", num_classes=4, img_size=32)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(convert_global_batchnorm(model)(x), ref)
+    model.train()
+    with torch.no_grad():
+        expected = model(x)  # batch statistics: "detached" gives the same values
+        if how == "detached":
+            with gg_batchnorm(model, how):  # rounding differs from F.batch_norm's, amplified over 17 blocks with
+                # 4-example statistics; without the activation the difference was 29 (the bug this guards)
+                torch.testing.assert_close(model(x), expected, rtol=0.05, atol=0.02)
+        else:
+            with gg_batchnorm(model, how):
+                out = model(x)
+            assert (out.abs() < 1e4).all() and not torch.allclose(out, expected)  # running statistics, activations

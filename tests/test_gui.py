@@ -146,7 +146,7 @@ def test_settings_and_recent_files_persist(qtbot, tmp_path, lenet_ckpt):
     second = MainWindow(QSettings(ini, QSettings.IniFormat))
     qtbot.addWidget(second)
     assert second.chains.value() == 12 and second.sigma.value() == pytest.approx(2.5)
-    assert second.recent()[0] == str(lenet_ckpt) and second.recent_menu.actions()
+    assert second.recent()[0] == (str(lenet_ckpt.resolve()), None) and second.recent_menu.actions()
     second.close()
 
 
@@ -228,3 +228,35 @@ def test_quit_action_and_platform_hint(window):
                for a in window.menuBar().actions()[0].menu().actions())
     assert platform_hint({"QT_QPA_PLATFORM": "offscreen"}) is None
     assert "no display" in platform_hint({})
+
+
+def test_form_keeps_exact_numbers_and_reports_bad_ones(window, lenet_ckpt):
+    """Numbers the spin boxes used to round (mass 2e-6, step 0.0123456789) or could not hold (seed 4e9) are run as
+    given; text that is not a number is an error in the window, not a crash."""
+    window.open_source(str(lenet_ckpt))
+    window.mass.setValue(2e-6)
+    window.step_size.setValue(0.0123456789)
+    window.seed.setValue(4_000_000_000)
+    cfg = window.config()
+    assert (cfg.mass, cfg.step_size, cfg.seed) == (2e-6, 0.0123456789, 4_000_000_000)
+    assert "--mass 2e-06" in window.command() and "--seed 4000000000" in window.command()
+    window.sigma.setText("lots")
+    window.start()
+    assert "sigma" in window.error_label.text() and not window.running
+    window.save_settings()  # a bad field is left out of the saved settings, not a crash
+
+
+def test_recent_files_with_any_name(qtbot, tmp_path):
+    from gencnn_gui.main_window import MainWindow
+
+    model, info = create_model("lenet")
+    odd = tmp_path / "pipe|dir"
+    odd.mkdir()
+    path = save_checkpoint(odd / "ck.safetensors", model, info)
+    w = MainWindow(QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    assert w.open_source(str(path))
+    source, weights = w.recent()[0]
+    assert source == str(path.resolve()) and weights is None
+    w.recent_menu.actions()[0].trigger()
+    assert w.error_label.text() == "" and w.source == source

@@ -172,3 +172,8 @@ def test_temperature_scales_the_tilt(temperature):
     torch.testing.assert_close(r.x.mean(0), s**2 * a / temperature, atol=0.05, rtol=0)
     torch.testing.assert_close(r.x.var(0), torch.full((3,), s**2), atol=0.05, rtol=0)
     assert torch.allclose(r.trace["score"][-1], r.x @ a)  # the trace keeps f itself, not f / T
+
+
+def test_an_old_positional_call_says_what_config_is():
+    with pytest.raises(TypeError, match="config must be an HMCConfig"):
+        hmc_sample(lambda x: x.sum(1), torch.zeros(2, 3), 5)

@@ -119,7 +119,7 @@ def test_image_folder_tree(tmp_path):
     summary = train(cfg, log=quiet)
     _, info, meta = load_checkpoint(run)
     assert info.class_names == ["cat", "dog"] and info.input_size == (3, 16, 16) and meta["dataset"] == "imagefolder"
-    assert main(["eval", str(run), "--device", "cpu", "--json"]) == 0
+    assert main(["eval", str(run), "--device", "cpu", "--json", "--data-dir", str(tmp_path / "data")]) == 0
     assert summary["test_error"] < 0.2  # two well-separated classes: 0% over seeds 0-2 (chance 50%)
 
 

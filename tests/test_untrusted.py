@@ -477,3 +477,89 @@ def test_the_tiny_set_itself_loads(tmp_path, capsys):
     assert load_idx("mnist", tmp_path / "data", train=False).images.shape == (10, 1, 28, 28)
     ck = save_checkpoint(tmp_path / "c.safetensors", *create_model("lenet"), dataset="mnist")
     assert main(["eval", str(ck), "--data-dir", str(tmp_path / "data")]) == 0
+
+
+# -- 7. found by an independent review (each was a reproduction that failed before its fix) -------------------------
+@pytest.mark.parametrize("model", ["tv:fcn_resnet50", "tv:lraspp_mobilenet_v3_large", "tv:raft_small",
+                                   "timm:lenet_caffe.\x1b[31mred", "timm:lenet_caffe.<h1>x", "hf-hub:someone/net"])
+def test_only_image_classifiers_are_specs(tmp_path, model):
+    """torchvision's detection/segmentation builders download backbone weights even without `pretrained`; specs
+    with escapes or markup would reach the terminal and the app. A checkpoint naming one is refused."""
+    path = _crafted(tmp_path, {"model": model})
+    with pytest.raises(CheckpointError, match="model"):
+        load_checkpoint(path)
+
+
+def test_eval_never_reads_the_folder_a_checkpoint_names(tmp_path, capsys):
+    _image_tree(tmp_path / "secret", {"train": ["a", "b"], "val": ["a", "b"]})
+    model, info = create_model("lenet", num_classes=2, in_chans=3, img_size=16)
+    ck = save_checkpoint(tmp_path / "c.safetensors", model, info, dataset="imagefolder",
+                         config={"data_dir": str(tmp_path / "secret")})
+    assert main(["eval", str(ck), "--device", "cpu"]) == 2
+    assert "pass --data-dir" in _one_line(capsys, "eval")
+
+
+def test_a_recipe_cannot_choose_the_run_folder(tmp_path, capsys):
+    victim = tmp_path / "victim"
+    train(load_config(None, {**TINY, "out": str(victim)}), log=quiet)
+    before = _snapshot(victim)
+    recipe = tmp_path / "innocent.yaml"
+    recipe.write_text(f"model: lenet\ndataset: synthetic\nimg_size: 16\nnum_classes: 4\nepochs: 2\nmode: dg\n"
+                      f"resume: {victim}\nout: {tmp_path / 'elsewhere'}\n")
+    os.chdir(tmp_path)
+    assert main(["train", str(recipe), "--device", "cpu", "-q", "--out", str(tmp_path / "mine")]) == 0
+    assert _snapshot(victim) == before and not (tmp_path / "elsewhere").exists()
+    assert "ignored resume from innocent.yaml" in capsys.readouterr().err
+
+
+def test_links_planted_in_a_run_folder_are_not_written_through(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(load_config(None, {**TINY, "out": str(run)}), log=quiet)
+    (tmp_path / "thesis.txt").write_text("years of work")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(tmp_path / "thesis.txt")
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--device", "cpu", "-q"]) == 2
+    assert "symbolic link" in _one_line(capsys, "train")
+    assert (tmp_path / "thesis.txt").read_text() == "years of work"
+
+
+def test_external_data_never_replaces_a_users_data_file(tmp_path, capsys):
+    (tmp_path / "notes.data").write_text("my notes")
+    os.chmod(tmp_path / "notes.data", 0o640)
+    os.chdir(tmp_path)  # also from the output's own folder (onnx checks the current folder)
+    argv = ["export", "lenet", "--out", "notes", "--external-data", "--no-verify", "--exporter", "legacy"]
+    assert main(argv) == 2
+    assert "notes.data exists and is not the external data of notes" in _one_line(capsys, "export")
+    assert (tmp_path / "notes.data").read_text() == "my notes"
+    assert main(["export", "lenet", "--out", "model.onnx", "--external-data", "--no-verify",
+                 "--exporter", "legacy"]) == 0
+    assert main(["export", "lenet", "--out", "model.onnx", "--external-data", "--no-verify",
+                 "--exporter", "legacy"]) == 0  # replacing its own artifact, from its folder
+    assert (tmp_path / "model.onnx.data").stat().st_size > 100_000
+
+
+def test_metadata_asking_for_a_huge_network_fails_before_allocating(tmp_path):
+    import resource
+
+    path = _crafted(tmp_path, {"model": "timm:zfnet", "num_classes": 10, "in_chans": 1, "input_size": [1, 28, 28],
+                               "kwargs": {"hidden": 20000, "widths": [8, 8, 8, 8, 8]}})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="do not fit zfnet"):
+        load_checkpoint(path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200, f"resident memory grew {grown_mb:.0f} MB (a 20000-wide fc6 would be 1.6 GB)"
+
+
+def test_bad_constructor_values_and_outputs_are_one_line(tmp_path, capsys):
+    assert main(["nodes", "lenet", "--model-arg", "drop_rate=abc"]) == 2
+    assert "cannot build lenet with" in _one_line(capsys, "nodes")
+    os.chdir(tmp_path)
+    ck = save_checkpoint(tmp_path / "c.safetensors", *create_model("lenet"))
+    (tmp_path / "victim.txt").write_text("keep")
+    (tmp_path / "samples.png").symlink_to(tmp_path / "victim.txt")  # the default name, a link: never followed
+    base = ["sample", str(ck), "--node", "logits:1", "--iters", "1", "--chains", "1", "-q"]
+    assert main(base) == 2 and "symbolic link" in _one_line(capsys, "sample")
+    assert main([*base, "--out", "x.png", "--npz", "x.png"]) == 2 and "same file" in _one_line(capsys, "sample")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert main([*base, "--out", "loop"]) == 2 and "leads nowhere" in _one_line(capsys, "sample")
+    assert (tmp_path / "victim.txt").read_text() == "keep"
