@@ -301,6 +301,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--min-size", type=int, default=56, help="upscale small images to at least this many pixels "
                                                             "(default: 56)")
     p.add_argument("--no-caption", action="store_true", help="the grid alone, without the caption under it")
+    p.add_argument("--show", choices=["both", "sample", "mean"], default="both",
+                   help="each chain's final sample, its running mean after warm-up (an estimate of E_p[x]), or both "
+                        "side by side (default: both)")
     _common(p)
     p.set_defaults(func=_cmd_sample)
 
@@ -308,17 +311,7 @@ def _add_sample(sub) -> None:
 def _cmd_sample(args) -> int:
     from .files import check_output_path
     from .runtime import resolve_device
-    from .visualize import (
-        RHAT_OK,
-        caption,
-        default_preset,
-        grid_columns,
-        load_preset,
-        row_labels,
-        sample_node,
-        save_grid,
-        save_npz,
-    )
+    from .visualize import RHAT_OK, caption, default_preset, grid_images, load_preset, sample_node, save_grid, save_npz
 
     if args.nrow is not None and args.nrow < 1:
         raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
@@ -339,22 +332,25 @@ def _cmd_sample(args) -> int:
     run = sample_node(model, info, args.node, config, device, devices=devices,
                       callback=None if args.quiet or devices else _sample_progress(config, len(args.node)))
     s = run.result.summary
-    text = caption(run)
-    save_grid(run.result.x, info, args.out, nrow=args.nrow or grid_columns(run.config.chains, len(run.nodes)),
-              min_size=args.min_size, display=args.display, row_labels=row_labels(run) if not args.nrow else None,
-              caption=None if args.no_caption else text,
+    images, nrow, labels = grid_images(run, args.show)
+    save_grid(images, info, args.out, nrow=args.nrow or nrow, min_size=args.min_size, display=args.display,
+              row_labels=labels if not args.nrow else None,
+              caption=None if args.no_caption else caption(run, args.show),
               metadata={"nodes": run.nodes, "config": vars(run.config), "summary": s, "model": info.model})
     if args.npz:
         save_npz(run, args.npz)
     print(f"{info.model} {', '.join(run.nodes)}: {s['chains']} chains x {s['iters']} iterations x "
           f"{config.trajectory_steps} leapfrog steps on {device} (preset {preset})")
-    print(f"acceptance {s['accept_rate']:.3f}, mean |energy error| {s['mean_abs_energy_error']:.3g}, "
-          f"final f_y {s['final_score_mean']:.3f}, ESS(f_y) {s['ess_score']:.1f}, R-hat {s['rhat_score']:.3f}")
+    print(f"reference {config.reference}, T {config.temperature:g}; acceptance {s['accept_rate']:.3f}, mean |energy "
+          f"error| {s['mean_abs_energy_error']:.3g}, final f_y {s['final_score_mean']:.3f}")
+    print(f"convergence after {config.adapt_steps} warm-up iterations: R-hat {s['rhat']:.3f} (f_y "
+          f"{s['rhat_score']:.3f}, x projections {s['rhat_x']:.3f}), bulk ESS f_y {s['ess_score']:.0f}, x "
+          f"{s['ess_x']:.0f}")
     print(f"{s['seconds']:.2f} s, {s['grad_evals_per_second']:.0f} gradient evaluations/s; wrote {args.out}"
           f"{' and ' + args.npz if args.npz else ''}")
-    if s["rhat_score"] > RHAT_OK:
-        args.notes.append(f"R-hat {s['rhat_score']:.2f} > {RHAT_OK}: the chains of a node disagree, so the grid is not "
-                          "yet a sample of p_y; run more iterations (--iters) or more adapted steps (--adapt-steps)")
+    if not s["rhat"] <= RHAT_OK:
+        args.notes.append(f"R-hat {s['rhat']:.2f} > {RHAT_OK}: the chains of a node disagree, so the grid is not yet a "
+                          "sample of p_y; run more iterations (--iters) or more adapted steps (--adapt-steps)")
     args.notes.extend(run.warnings)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ import torch
 
 from .diagnostics import effective_sample_size, split_rhat
 from .runtime import PRECISIONS, precision_context
-from .settings import check, setting
+from .settings import SettingsError, check, setting
 
 __all__ = ["HMCConfig", "HMCResult", "HMCStep", "hmc_sample", "leapfrog", "potential", "summarize"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+_REFERENCE = re.compile(r"[a-z]+(:[A-Za-z0-9_.\-]{1,64})?")
 
 
 @dataclass
@@ -44,6 +46,10 @@ class HMCConfig:
                                   "paper)", ge=0, le=10_000_000, label="adapt steps")
     target_accept: float = setting(0.65, "acceptance rate that dual averaging aims at", gt=0, lt=1)
     mala: bool = setting(False, "Langevin: one leapfrog step per iteration (MALA)")
+    reference: str = setting("white", "the reference q: white (the paper's N(0, sigma^2 I)), pink, spectral, lowres "
+                                      "or pca (fitted to data), KIND:DATA to name the data file "
+                                      "(zoo_configs/references)", metavar="KIND[:DATA]",
+                             suggest=("white", "pink", "lowres", "pca", "pink:fashion_mnist", "pca:fashion_mnist"))
     temperature: float = setting(1.0, "T of p ~ exp(f_y(x) / T) q(x): 1 is the paper's model; T < 1 sharpens the "
                                       "tilt (T -> 0: activation maximisation under the Gaussian prior)", gt=0, le=1e6)
     precision: str = setting("fp32", "the score's precision (energies stay float32): fp32 (TF32 off), tf32, bf16, "
@@ -51,6 +57,9 @@ class HMCConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        if not _REFERENCE.fullmatch(self.reference):  # a data file by name only: a preset never names a path
+            raise SettingsError(f"reference: {self.reference[:40]!r} is not KIND or KIND:DATA (a data file name in "
+                                "zoo_configs/references)")
 
     @property
     def trajectory_steps(self) -> int:

@@ -51,6 +51,7 @@ class Setting:
     gui: bool = True
     label: str | None = None
     metavar: str | None = None
+    suggest: tuple[Any, ...] | None = None  # usual values of a free-text setting (the GUI offers them)
 
 
 def setting(default: Any, help: str, **spec: Any) -> Any:

@@ -15,26 +15,42 @@ import numpy as np
 import torch
 from torch import nn
 
+from .diagnostics import ess_bulk, rhat
 from .files import atomic_path
-from .hmc import HMCConfig, HMCResult, hmc_sample, summarize
+from .hmc import HMCConfig, HMCResult, HMCStep, hmc_sample, summarize
 from .nodes import Node, NodeScore, node_score
+from .reference import ChainMonitor, Reference, initial_z, make_reference, tilted_score, z_config
 from .settings import to_argv
 from .specs import ModelInfo
 
 __all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "grid_pixels", "save_grid",
            "save_npz", "load_preset", "sample_command", "default_preset", "DEFAULT_PRESETS", "grid_columns", "annotate",
-           "caption", "row_labels", "RHAT_OK"]
+           "caption", "row_labels", "RHAT_OK", "grid_images", "SHOW", "SampleStep"]
 
 
 @dataclass
 class SampleRun:
-    """A finished sampling run: the HMC result, the node strings (one per group of chains) and the settings."""
+    """A finished sampling run: the HMC result (``result.x``: the final samples as model inputs; the traces are
+    HMC's, in whitened coordinates), the node strings (one per group of chains), the settings, the running mean of
+    each chain after warm-up (an estimate of E_p[x]), the traces of a few fixed random projections of x (iters,
+    chains, k) behind the convergence check, and the final whitened states."""
 
     result: HMCResult
     nodes: list[str]
     config: HMCConfig  # as run: chains may be fewer than asked when the device ran out of memory
     info: ModelInfo
     warnings: list[str] = field(default_factory=list)
+    mean_x: torch.Tensor | None = None
+    projections: torch.Tensor | None = None
+    z: torch.Tensor | None = None
+
+
+@dataclass
+class SampleStep(HMCStep):
+    """What a :func:`sample_node` callback sees after each iteration: HMC's step with the states as model inputs,
+    and ``running_mean()`` (the chains' means after warm-up so far, or None during warm-up; computed on request)."""
+
+    running_mean: object = None  # Callable[[], torch.Tensor | None]
 
 
 def load_preset(name_or_path: str | None = None, **overrides) -> HMCConfig:
@@ -76,19 +92,28 @@ def sample_command(source: str, node: str | Node | list, config: HMCConfig, devi
     return shlex.join(argv)
 
 
-def initial_states(info: ModelInfo, chains: int, sigma: float, seed: int, device: torch.device | str) -> torch.Tensor:
-    """x0 ~ q = N(0, sigma^2 I) in the normalised input space, drawn on the CPU so every device starts alike."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(chains, *info.input_size, generator=g) * sigma).to(device)
+PROJECTIONS = 4  # fixed random directions of x whose traces join f_y's in the R-hat check
 
 
 def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config: HMCConfig | None = None,
                 device: torch.device | str = "cpu", callback=None, stop=None,
                 score: NodeScore | None = None, devices: list[str] | None = None) -> SampleRun:
-    """Run ``config.chains`` HMC chains per node (several nodes of one layer share the batch).
+    """Run ``config.chains`` HMC chains per node (several nodes of one layer share the batch) on
+    p_y(x) ~ exp(f_y(x) / T) q(x), q = ``config.reference``.
 
-    ``devices`` (e.g. ["cuda:0", "cuda:1"]) splits each node's chains over those devices, one thread each, and
-    gathers them: the same samples as one device with the same seed (the callback is not called then).
+    Every reference is sampled in whitened coordinates, z ~ N(0, I) with x = mu + A z (:mod:`reference`), which is
+    exact for the stated target; for ``white`` it is the paper's sampler on x, the same random numbers and states.
+
+    Args:
+        model, info: the network and its ModelInfo.
+        node: a node string (or :class:`Node`), or a list of nodes of one layer.
+        config: the sampler settings (reference, temperature, chains, iterations, ...).
+        device: where to sample.
+        callback: called after every iteration with a :class:`SampleStep`; returning True stops the run.
+        stop: polled after every leapfrog step (a GUI's stop button).
+        score: a prepared node score (default: ``node_score(model, info, node)``).
+        devices: split each node's chains over these devices (e.g. ["cuda:0", "cuda:1"]), one thread each: the
+            same samples as one device with the same seed (the callback is not called then).
     """
     config = config or HMCConfig()
     if devices and len(devices) > 1:
@@ -96,11 +121,12 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
     device = torch.device(device)
     nodes = node if isinstance(node, list) else [node]
     score = score or node_score(model.to(device), info, nodes)
+    reference = make_reference(config.reference, info, config.sigma).to(device)
     notes: list[str] = []
     while True:
         try:
-            x0 = initial_states(info, config.chains * len(score.nodes), config.sigma, config.seed, device)
-            result = _run_chains(score, x0, config, callback, stop)
+            z0 = initial_z(reference, config.chains * len(score.nodes), config.seed, device)
+            result, monitor = _run_chains(score, reference, z0, config, callback, stop)
             break
         except torch.cuda.OutOfMemoryError:
             if config.chains == 1:
@@ -110,12 +136,37 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
             config = replace(config, chains=fewer)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    result.summary = summarize(result, config.adapt_steps, groups=len(score.nodes))  # R-hat within each node
-    if result.iters_done and result.summary["accept_rate"] < 0.01:
-        notes.append(f"no proposal was accepted (mean |energy error| {result.summary['mean_abs_energy_error']:.3g}): "
+    return _finish(result, monitor.mean_z, monitor.projection_trace(), reference, [str(n) for n in score.nodes],
+                   config, info, notes)
+
+
+def _finish(result: HMCResult, mean_z: torch.Tensor | None, projections: torch.Tensor, reference: Reference,
+            nodes: list[str], config: HMCConfig, info: ModelInfo, notes: list[str]) -> SampleRun:
+    """States back to images; the convergence check of f_y and the projections within each node's chains."""
+    z = result.x
+    with torch.no_grad():
+        result.x = reference.to_x(z)
+        mean_x = reference.to_x(mean_z) if mean_z is not None else None
+    groups = len(nodes)
+    result.summary = summarize(result, config.adapt_steps, groups=groups)  # R-hat of f_y within each node
+    kept = projections[config.adapt_steps:] if projections.shape[0] > config.adapt_steps else projections
+    if kept.numel() and kept.shape[1] % groups == 0:
+        per = [kept[:, g * (kept.shape[1] // groups):(g + 1) * (kept.shape[1] // groups)] for g in range(groups)]
+        rhats = torch.stack([torch.as_tensor(rhat(p)).reshape(-1) for p in per])
+        esses = torch.stack([torch.as_tensor(ess_bulk(p)).reshape(-1) for p in per])
+        rhat_x = float("nan") if torch.isnan(rhats).any() else float(rhats.max())
+        ess_x = float("nan") if torch.isnan(esses).any() else float(esses.min())
+    else:
+        rhat_x = ess_x = float("nan")
+    s = result.summary
+    s.update(reference=config.reference, temperature=config.temperature, rhat_x=rhat_x, ess_x=ess_x,
+             rhat=float("nan") if rhat_x != rhat_x or s["rhat_score"] != s["rhat_score"]
+             else max(s["rhat_score"], rhat_x), warmup=config.adapt_steps)
+    if result.iters_done and s["accept_rate"] < 0.01:
+        notes.append(f"no proposal was accepted (mean |energy error| {s['mean_abs_energy_error']:.3g}): "
                      f"the step size {config.step_size:g} is too large for this node; try a smaller one or "
                      "adapt_steps > 0. The samples are the starting noise, never NaN.")
-    return SampleRun(result, [str(n) for n in score.nodes], config, info, notes)
+    return SampleRun(result, nodes, config, info, notes, mean_x=mean_x, projections=projections, z=z)
 
 
 def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: HMCConfig, devices: list[str],
@@ -125,38 +176,62 @@ def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: H
 
     c, k = config.chains, len(nodes)
     parts = [p for p in torch.arange(c).tensor_split(len(devices)) if len(p)]  # each device: some chains per node
-    x0 = initial_states(info, c * k, config.sigma, config.seed, "cpu")  # the one-device run's starting points
+    z0 = initial_z(make_reference(config.reference, info, config.sigma), c * k, config.seed, "cpu")
 
     def run(dev: str, chains: torch.Tensor):
         dev = torch.device(dev)
         score = node_score(copy.deepcopy(model).to(dev), info, nodes)
+        reference = make_reference(config.reference, info, config.sigma).to(dev)
         rows = torch.cat([j * c + chains for j in range(k)])
-        res = _run_chains(score, x0[rows].to(dev), config, stop=stop, noise_rows=rows.to(dev), noise_total=c * k)
-        return rows, res, [str(n) for n in score.nodes]
+        res, monitor = _run_chains(score, reference, z0[rows].to(dev), config, stop=stop, noise_rows=rows.to(dev),
+                                   noise_total=c * k)
+        return rows, res, monitor, [str(n) for n in score.nodes]
 
     with ThreadPoolExecutor(len(parts)) as pool:
         outs = list(pool.map(run, devices[: len(parts)], parts))
-    order = torch.cat([rows for rows, _, _ in outs])
+    order = torch.cat([rows for rows, *_ in outs])
     back = torch.empty_like(order)
     back[order] = torch.arange(len(order))
-    done = min(res.iters_done for _, res, _ in outs)
+    done = min(res.iters_done for _, res, _, _ in outs)
     result = HMCResult(
-        x=torch.cat([res.x.cpu() for _, res, _ in outs])[back],
-        accept_rate=torch.cat([res.accept_rate for _, res, _ in outs])[back],
-        trace={key: torch.cat([res.trace[key][:done] for _, res, _ in outs], dim=1)[:, back]
+        x=torch.cat([res.x.cpu() for _, res, _, _ in outs])[back],
+        accept_rate=torch.cat([res.accept_rate for _, res, _, _ in outs])[back],
+        trace={key: torch.cat([res.trace[key][:done] for _, res, _, _ in outs], dim=1)[:, back]
                for key in outs[0][1].trace},
-        grad_evals=sum(res.grad_evals for _, res, _ in outs), seconds=max(res.seconds for _, res, _ in outs),
-        iters_done=done, stopped=any(res.stopped for _, res, _ in outs))
-    result.summary = summarize(result, config.adapt_steps, groups=k)
-    return SampleRun(result, outs[0][2], config, info)
+        grad_evals=sum(res.grad_evals for _, res, _, _ in outs), seconds=max(res.seconds for _, res, _, _ in outs),
+        iters_done=done, stopped=any(res.stopped for _, res, _, _ in outs))
+    means = [m.mean_z for _, _, m, _ in outs]
+    mean_z = torch.cat([m.cpu() for m in means])[back] if all(m is not None for m in means) else None
+    proj = torch.cat([m.projection_trace()[:done].cpu() for _, _, m, _ in outs], dim=1)[:, back]
+    reference = make_reference(config.reference, info, config.sigma)
+    return _finish(result, mean_z, proj, reference, outs[0][3], config, info, [])
 
 
-def _run_chains(score: NodeScore, x0: torch.Tensor, config: HMCConfig, callback=None, stop=None,
-                noise_rows: torch.Tensor | None = None, noise_total: int | None = None) -> HMCResult:
-    """``hmc_sample`` with a config's settings, from ``x0`` on its device."""
-    g = torch.Generator(device=x0.device).manual_seed(config.seed)
-    return hmc_sample(score, x0, config, generator=g, callback=callback, stop=stop, noise_rows=noise_rows,
-                      noise_total=noise_total)
+def _run_chains(score: NodeScore, reference: Reference, z0: torch.Tensor, config: HMCConfig, callback=None,
+                stop=None, noise_rows: torch.Tensor | None = None, noise_total: int | None = None
+                ) -> tuple[HMCResult, ChainMonitor]:
+    """``hmc_sample`` in whitened coordinates with a config's settings, from ``z0`` on its device; the monitor keeps
+    the running means (after ``adapt_steps``) and projection traces, and hands the caller's callback image states."""
+    monitor = ChainMonitor(reference, warmup=config.adapt_steps, projections=PROJECTIONS)
+    if callback is not None:
+        def on_step(step: HMCStep):
+            with torch.no_grad():
+                x = reference.to_x(step.x)
+            return callback(SampleStep(step.iteration, x, step.accepted, step.score, step.energy_error,
+                                       step.step_size, monitor.mean_x))
+
+        monitor.then = on_step
+    g = torch.Generator(device=z0.device).manual_seed(config.seed)
+    result = hmc_sample(tilted_score(score, reference, 1.0), z0, z_config(config, reference), generator=g,
+                        callback=monitor, stop=stop, noise_rows=noise_rows, noise_total=noise_total)
+    return result, monitor
+
+
+def initial_states(info: ModelInfo, chains: int, sigma: float, seed: int, device: torch.device | str) -> torch.Tensor:
+    """x0 ~ q = N(0, sigma^2 I) in the normalised input space, drawn on the CPU so every device starts alike (the
+    white reference's starting points: :func:`sample_node` draws z0 the same way, x0 = sigma z0)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(chains, *info.input_size, generator=g) * sigma).to(device)
 
 
 def to_pixels(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
@@ -255,6 +330,34 @@ def save_grid(x: torch.Tensor, info: ModelInfo, path: str | Path, nrow: int = 8,
     return Path(path)
 
 
+SHOW = ("both", "sample", "mean")  # what a grid shows: samples and running means side by side, or one of them
+
+
+def grid_images(run: SampleRun, show: str = "both") -> tuple[torch.Tensor, int, list[str] | None]:
+    """The images of a run's grid, its images per row, and its row labels.
+
+    ``sample``: the final state of each chain; ``mean``: each chain's running mean after warm-up (an estimate of
+    E_p[x], the noise of q averaged out); ``both``: for one node the samples in the top half and the means in the
+    bottom half (rows labelled), for several nodes each node's row holds its samples then its means.
+    """
+    if show not in SHOW:
+        raise ValueError(f"show must be one of {', '.join(SHOW)}, got {show!r}")
+    x, mean = run.result.x.detach().cpu(), run.mean_x
+    k, chains = len(run.nodes), run.config.chains
+    labels = row_labels(run)
+    if show == "sample" or mean is None:
+        return x, grid_columns(chains, k), labels
+    mean = mean.detach().cpu()
+    if show == "mean":
+        return mean, grid_columns(chains, k), labels
+    if k > 1:  # a row per node: its chains' samples, then their means
+        rows = [torch.cat([x[j * chains:(j + 1) * chains], mean[j * chains:(j + 1) * chains]]) for j in range(k)]
+        return torch.cat(rows), 2 * chains, labels
+    cols = grid_columns(chains)
+    per_half = -(-chains // cols)
+    return torch.cat([x, mean]), cols, (["sample"] * per_half + ["mean"] * per_half) if chains % cols == 0 else None
+
+
 def row_labels(run: SampleRun) -> list[str] | None:
     """One label per grid row when each row is one node (several nodes): the class name for an output node."""
     if len(run.nodes) < 2:
@@ -267,20 +370,25 @@ def row_labels(run: SampleRun) -> list[str] | None:
     return out
 
 
-def caption(run: SampleRun) -> str:
-    """What produced a grid, in one or two lines: model, node(s), reference and temperature, sampler settings,
-    acceptance, and the convergence check (split R-hat; flagged above 1.05)."""
+def caption(run: SampleRun, show: str = "sample") -> str:
+    """What produced a grid, in one or two lines: model, node(s), what is shown, reference and temperature, sampler
+    settings, acceptance, and the convergence check (rank-normalised split R-hat of f_y and of random projections
+    of x; flagged above 1.05)."""
     c, s = run.config, run.result.summary
     nodes = run.nodes[0] if len(run.nodes) == 1 else f"{len(run.nodes)} nodes, one per row"
-    rhat = s.get("rhat_score", float("nan"))
-    flag = "" if rhat <= RHAT_OK else " - NOT CONVERGED (R-hat > 1.05)"
-    return (f"{run.info.model} {nodes}: q = N(0, {c.sigma:g}^2 I), T = {c.temperature:g}; {s['iters']} iterations x "
+    shown = {"sample": "samples", "mean": f"running means after {c.adapt_steps} warm-up iterations",
+             "both": "samples beside their running means"}[show]
+    r = s.get("rhat", s.get("rhat_score", float("nan")))
+    flag = "" if r <= RHAT_OK else " - NOT CONVERGED (R-hat > 1.05)"
+    q = f"N(0, {c.sigma:g}^2 I)" if c.reference == "white" else f"{c.reference} (sigma {c.sigma:g})"
+    return (f"{run.info.model} {nodes}, {shown}: q = {q}, T = {c.temperature:g}; {s['iters']} iterations x "
             f"{c.trajectory_steps} leapfrog steps (step {c.step_size:g}, mass {c.mass:g}); acceptance "
-            f"{s['accept_rate']:.2f}; R-hat {rhat:.2f}{flag}")
+            f"{s['accept_rate']:.2f}; R-hat {r:.2f}{flag}")
 
 
 def save_npz(run: SampleRun, path: str | Path) -> Path:
-    """Raw samples (normalised and as uint8 pixels), the per-iteration traces and the settings, in one .npz."""
+    """Raw samples and running means (normalised and as uint8 pixels), the per-iteration traces (HMC's, and the
+    projections of x behind R-hat) and the settings, in one .npz."""
     x = run.result.x.detach().cpu()
     arrays = {
         "samples": x.numpy(),
@@ -291,8 +399,13 @@ def save_npz(run: SampleRun, path: str | Path) -> Path:
         "meta": np.array(json.dumps({"config": asdict(run.config), "model": run.info.to_dict(),
                                      "summary": run.result.summary})),
     }
+    if run.mean_x is not None:
+        mean = run.mean_x.detach().cpu()
+        arrays.update(mean_samples=mean.numpy(), mean_pixels=(to_pixels(mean, run.info) * 255).round()
+                      .to(torch.uint8).numpy())
+    if run.projections is not None and run.projections.numel():
+        arrays["trace_projections"] = run.projections.numpy()
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
     return Path(path)
-

@@ -94,8 +94,9 @@ class SettingsForm(QWidget):
             w = NumberEdit(float)
             w.valueChanged.connect(self.changed)
             return w
-        w = QComboBox()  # free text: an editable combo box keeps the layout uniform
+        w = QComboBox()  # free text: an editable combo box offering the usual values
         w.setEditable(True)
+        w.addItems([str(v) for v in spec.suggest or ()])
         w.currentTextChanged.connect(self.changed)
         return w
 

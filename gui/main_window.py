@@ -42,9 +42,11 @@ from gencnn_plugin.config import HMC_PRESET_DIR, list_configs
 from gencnn_plugin.hmc import HMCConfig
 from gencnn_plugin.nodes import LOGITS, LayerInfo, Node, NodeError, check_node, list_layers
 from gencnn_plugin.visualize import (
+    RHAT_OK,
     SampleRun,
+    caption,
     default_preset,
-    grid_columns,
+    grid_images,
     load_preset,
     sample_command,
     save_grid,
@@ -252,6 +254,11 @@ class MainWindow(QMainWindow):
         self.preview.setAlignment(Qt.AlignCenter)
         self.preview.setMinimumSize(320, 320)
         self.preview.setStyleSheet("background: #202020; color: #aaa;")
+        self.view = QComboBox()
+        self.view.addItems(["samples", "running means"])
+        self.view.setToolTip("each chain's current sample, or its mean after warm-up (an estimate of E_p[x]: the "
+                             "reference's noise averaged out)")
+        self.view.currentIndexChanged.connect(self._view_changed)
         self.progress = QProgressBar()
         self.progress.setFormat("idle")
         self.accept_plot = Sparkline("acceptance rate", "#1f77b4")
@@ -264,6 +271,10 @@ class MainWindow(QMainWindow):
         right = QWidget()
         rv = QVBoxLayout(right)
         rv.addWidget(self.preview, 1)
+        view_row = QHBoxLayout()
+        view_row.addWidget(QLabel("show"))
+        view_row.addWidget(self.view, 1)
+        rv.addLayout(view_row)
         rv.addWidget(self.progress)
         rv.addWidget(self.accept_plot)
         rv.addWidget(self.energy_plot)
@@ -636,6 +647,21 @@ class MainWindow(QMainWindow):
         self.preview.setPixmap(pix.scaled(w * scale, h * scale, Qt.KeepAspectRatio, Qt.FastTransformation)
                                if scale > 1 else pix.scaled(size, Qt.KeepAspectRatio, Qt.SmoothTransformation))
 
+    def _shown(self) -> str:
+        return "mean" if self.view.currentIndex() == 1 else "sample"
+
+    def _view_changed(self) -> None:
+        self.worker.view = self._shown()
+        if not self.running and self.last_run is not None:
+            self._show_run(self.last_run)
+
+    def _show_run(self, run: SampleRun) -> None:
+        """The finished run's grid, as the view asks (the same picture save_png writes)."""
+        from .worker import grid_image
+
+        images, nrow, _ = grid_images(run, self._shown() if run.mean_x is not None else "sample")
+        self.show_grid(grid_image(images, run.info, nrow))
+
     def _on_finished(self, run: SampleRun) -> None:
         self.last_run = run
         self.running = False
@@ -643,8 +669,14 @@ class MainWindow(QMainWindow):
         state = "stopped" if run.result.stopped else "done"
         self.progress.setFormat(f"{state}: {run.result.iters_done}/{run.config.iters} iterations, "
                                 f"{run.result.seconds:.1f} s")
+        r = s.get("rhat", float("nan"))
+        verdict = "converged" if r <= RHAT_OK else "NOT converged: more iterations"
         self.stats_label.setText(f"{run.nodes[0]}: acceptance {s['accept_rate']:.2f}, final mean f_y "
-                                 f"{s['final_score_mean']:.3f}, {s['grad_evals_per_second']:.0f} gradients/s")
+                                 f"{s['final_score_mean']:.3f}, R-hat {r:.2f} ({verdict}), "
+                                 f"{s['grad_evals_per_second']:.0f} gradients/s")
+        self.stats_label.setStyleSheet("" if r <= RHAT_OK else "color: #b00020;")
+        if run.result.iters_done:
+            self._show_run(run)
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.show_error(" ".join(run.warnings))  # e.g. every proposal rejected, or fewer chains after CUDA OOM
@@ -667,8 +699,11 @@ class MainWindow(QMainWindow):
             self.show_error("Nothing to save yet: run the sampler first.")
             return None
         run = self.last_run
-        return save_grid(run.result.x, self.info, path, nrow=grid_columns(run.config.chains, len(run.nodes)),
-                         min_size=56)
+        show = self._shown() if run.mean_x is not None else "sample"
+        images, nrow, _ = grid_images(run, show)
+        return save_grid(images, self.info, path, nrow=nrow, min_size=56,  # the grid shown; what made it, in the
+                         metadata={"caption": caption(run, show), "nodes": run.nodes,  # PNG's text chunks
+                                   "config": asdict(run.config), "summary": run.result.summary})
 
     def save_npz(self, path: str | Path) -> Path | None:
         if self.last_run is None:

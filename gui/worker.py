@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PySide6.QtCore import QObject, Signal, Slot
 
-from gencnn_plugin.hmc import HMCConfig, HMCStep
+from gencnn_plugin.hmc import HMCConfig
 from gencnn_plugin.runtime import resolve_device
 from gencnn_plugin.specs import ModelInfo
-from gencnn_plugin.visualize import grid_columns, grid_pixels, sample_node
+from gencnn_plugin.visualize import SampleStep, grid_columns, grid_pixels, sample_node
 
 __all__ = ["SampleJob", "SamplerWorker", "grid_image"]
 
@@ -48,6 +48,7 @@ class SamplerWorker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self._stop = threading.Event()
+        self.view = "sample"  # what previews show: "sample" (each chain's state) or "mean" (its running mean)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -60,7 +61,7 @@ class SamplerWorker(QObject):
         last = [0.0]
         self.started.emit(total)
 
-        def on_step(step: HMCStep) -> bool:
+        def on_step(step: SampleStep) -> bool:
             now = time.perf_counter()
             done = step.iteration + 1
             if now - last[0] >= job.min_fps_interval or done == total:  # a steady frame rate for fast iterations
@@ -70,7 +71,10 @@ class SamplerWorker(QObject):
                          "step_size": float(step.step_size.mean())}
                 nodes = len(job.node) if isinstance(job.node, list) else 1
                 nrow = grid_columns(step.x.shape[0] // nodes, nodes)  # the layout the saved PNG has
-                self.progress.emit(done, total, grid_image(step.x, job.info, nrow), stats)
+                mean = step.running_mean() if self.view == "mean" and step.running_mean is not None else None
+                stats["view"] = "mean" if mean is not None else "sample"
+                self.progress.emit(done, total, grid_image(mean if mean is not None else step.x, job.info, nrow),
+                                   stats)
             return self._stop.is_set()
 
         try:

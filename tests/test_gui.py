@@ -260,3 +260,22 @@ def test_recent_files_with_any_name(qtbot, tmp_path):
     assert source == str(path.resolve()) and weights is None
     w.recent_menu.actions()[0].trigger()
     assert w.error_label.text() == "" and w.source == source
+
+
+def test_the_view_shows_samples_or_running_means(window, qtbot, lenet_ckpt, tmp_path):
+    from PIL import Image
+
+    window.open_source(str(lenet_ckpt))
+    window.set_node("logits:2")
+    small(window, chains=4, iters=4, leapfrog=3)
+    window.adapt_steps.setValue(1)
+    with qtbot.waitSignal(window.worker.finished, timeout=20_000):
+        window.start()
+    qtbot.waitUntil(lambda: not window.running)
+    assert window.last_run.mean_x is not None and "R-hat" in window.stats_label.text()
+    samples = window.preview_image.copy()
+    window.view.setCurrentIndex(1)  # running means
+    assert not np.array_equal(samples, window.preview_image)
+    shown = window.preview_image.shape
+    saved = Image.open(window.save_png(tmp_path / "m.png"))
+    assert saved.size == (shown[1], shown[0]) and "running means" in saved.text["gencnn"]

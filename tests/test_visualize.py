@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from PIL import Image
 from gencnn_plugin import create_model, save_checkpoint
 from gencnn_plugin.cli import main
 from gencnn_plugin.config import ConfigError
+from gencnn_plugin.hmc import HMCConfig
 from gencnn_plugin.visualize import display_pixels, load_preset, sample_node, save_grid, save_npz
 
 
@@ -89,3 +92,51 @@ def test_sample_errors(lenet_ckpt, tmp_path, capsys, argv, match):
     assert main(["sample", str(lenet_ckpt), "--device", "cpu", "--out", str(tmp_path / "x.png"), *argv]) == 2
     err = capsys.readouterr().err
     assert match in err or __import__("re").search(match, err), err
+
+
+@pytest.mark.parametrize("reference", ["white", "pink", "lowres", "pca"])
+def test_every_reference_samples_a_node(reference):
+    """sample_node in whitened coordinates for each kind of reference: images of the model's input shape, running
+    means after warm-up, projections for R-hat, the reference recorded in the summary."""
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    cfg = HMCConfig(reference=reference, chains=3, iters=4, leapfrog_steps=3, step_size=0.05, mass=1.0,
+                    adapt_steps=1, temperature=0.5)
+    run = sample_node(model, info, ["logits:1", "logits:2"], cfg)
+    assert run.result.x.shape == run.mean_x.shape == (6, 1, 28, 28)
+    assert run.projections.shape == (4, 6, 4) and run.result.summary["reference"] == reference
+    assert run.result.summary["rhat"] >= run.result.summary["rhat_score"] or math.isnan(run.result.summary["rhat"])
+
+
+def test_white_reference_is_the_papers_sampler_on_x():
+    """The whitened path with the white reference reproduces HMC on x itself: same states (x = sigma z)."""
+    from gencnn_plugin.hmc import hmc_sample
+    from gencnn_plugin.nodes import node_score
+    from gencnn_plugin.visualize import initial_states
+
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    cfg = HMCConfig(chains=4, iters=3, leapfrog_steps=4, step_size=0.01, mass=0.01, sigma=2.0, seed=5)
+    run = sample_node(model, info, "logits:3", cfg)
+    x0 = initial_states(info, 4, cfg.sigma, cfg.seed, "cpu")
+    direct = hmc_sample(node_score(model, info, "logits:3"), x0, cfg, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(run.result.x, direct.x, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_shows_samples_and_means_and_writes_them(lenet_ckpt, tmp_path, capsys):
+    png, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    assert main(["sample", str(lenet_ckpt), "--node", "logits:4", "--chains", "4", "--iters", "4",
+                 "--leapfrog-steps", "3", "--adapt-steps", "1", "--reference", "pink", "--temperature", "0.5",
+                 "--device", "cpu", "--out", str(png), "--npz", str(npz), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "reference pink, T 0.5" in out and "R-hat" in out and "x projections" in out
+    data = np.load(npz)
+    assert data["mean_samples"].shape == data["samples"].shape == (4, 1, 28, 28)
+    assert data["trace_projections"].shape == (4, 4, 4)
+    both, mean_only = Image.open(png), None
+    assert main(["sample", str(lenet_ckpt), "--node", "logits:4", "--chains", "4", "--iters", "4",
+                 "--leapfrog-steps", "3", "--adapt-steps", "1", "--show", "mean", "--no-caption",
+                 "--out", str(tmp_path / "m.png"), "-q"]) == 0
+    mean_only = Image.open(tmp_path / "m.png")
+    assert both.size[1] > mean_only.size[1]  # samples and means (and a caption) against means alone
+    assert "R-hat" in both.text["Description"]
