@@ -295,9 +295,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--npz", help="also write samples, pixels and per-iteration diagnostics here")
     p.add_argument("--nrow", type=int, help="images per grid row (default: one row per node; for one node a square "
                                             "layout, as the desktop app shows it)")
-    p.add_argument("--display", choices=["range", "clip"], default="range",
+    p.add_argument("--display", choices=["range", "clip"], default=None,
                    help="grid images: each rescaled to its own range, or de-normalised pixels clipped to [0, 1] "
-                        "(default: range)")
+                        "(default: clip for a fitted reference or with --clip, range for white)")
     p.add_argument("--min-size", type=int, default=56, help="upscale small images to at least this many pixels "
                                                             "(default: 56)")
     p.add_argument("--no-caption", action="store_true", help="the grid alone, without the caption under it")
@@ -311,7 +311,17 @@ def _add_sample(sub) -> None:
 def _cmd_sample(args) -> int:
     from .files import check_output_path
     from .runtime import resolve_device
-    from .visualize import RHAT_OK, caption, default_preset, grid_images, load_preset, sample_node, save_grid, save_npz
+    from .visualize import (
+        RHAT_OK,
+        caption,
+        default_display,
+        default_preset,
+        grid_images,
+        load_preset,
+        sample_node,
+        save_grid,
+        save_npz,
+    )
 
     if args.nrow is not None and args.nrow < 1:
         raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
@@ -333,7 +343,8 @@ def _cmd_sample(args) -> int:
                       callback=None if args.quiet or devices else _sample_progress(config, len(args.node)))
     s = run.result.summary
     images, nrow, labels = grid_images(run, args.show)
-    save_grid(images, info, args.out, nrow=args.nrow or nrow, min_size=args.min_size, display=args.display,
+    display = args.display or default_display(config)
+    save_grid(images, info, args.out, nrow=args.nrow or nrow, min_size=args.min_size, display=display,
               row_labels=labels if not args.nrow else None,
               caption=None if args.no_caption else caption(run, args.show),
               metadata={"nodes": run.nodes, "config": vars(run.config), "summary": s, "model": info.model})
@@ -341,7 +352,7 @@ def _cmd_sample(args) -> int:
         save_npz(run, args.npz)
     print(f"{info.model} {', '.join(run.nodes)}: {s['chains']} chains x {s['iters']} iterations x "
           f"{config.trajectory_steps} leapfrog steps on {device} (preset {preset})")
-    print(f"reference {config.reference}, T {config.temperature:g}; acceptance {s['accept_rate']:.3f}, mean |energy "
+    print(f"reference {s['reference']}, T {config.temperature:g}; acceptance {s['accept_rate']:.3f}, mean |energy "
           f"error| {s['mean_abs_energy_error']:.3g}, final f_y {s['final_score_mean']:.3f}")
     print(f"convergence after {config.adapt_steps} warm-up iterations: R-hat {s['rhat']:.3f} (f_y "
           f"{s['rhat_score']:.3f}, x projections {s['rhat_x']:.3f}), bulk ESS f_y {s['ess_score']:.0f}, x "

@@ -54,6 +54,16 @@ class HMCConfig:
                                       "tilt (T -> 0: activation maximisation under the Gaussian prior)", gt=0, le=1e6)
     precision: str = setting("fp32", "the score's precision (energies stay float32): fp32 (TF32 off), tf32, bf16, "
                                      "fp16", choices=PRECISIONS)
+    # what the node's score sees (applied by visualize.sample_node: `gencnn sample`, the app); each is deterministic,
+    # so HMC stays exact, for a node that is then not f_y itself but the one stated
+    jitter: int = setting(0, "average the node's score over 4 fixed translations of the image, by 0 and this many "
+                             "pixels down and right (lucent's jitter made deterministic; 0: off): exact for that "
+                             "smoother node, 4x the work", ge=0, le=64, label="jitter (px)")
+    clip: bool = setting(False, "the score sees the image as a file holds it: x * std + mean clipped to [0, 1] "
+                                "(without it a ReLU net's score grows with contrast past the pixel range)")
+    warm_start: int = setting(0, "Adam steps (lr 0.05) that move the starting states towards low U(x) before "
+                                 "sampling; like warm-up, they are not samples", ge=0, le=1_000_000,
+                              label="warm-start steps")
 
     def __post_init__(self) -> None:
         check(self)

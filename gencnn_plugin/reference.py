@@ -24,7 +24,8 @@ Kinds (:func:`make_reference`):
 - ``lowres``: white noise on a grid ``factor`` times coarser, bilinearly upsampled, colour-mixed; its mean marginal
   variance equals the data's. A low-dimensional reference: the samples live in a d / factor^2 subspace.
 - ``pca``: the Gaussian with the training images' mean image and covariance (not stationary): probabilistic PCA,
-  A = [U_k diag(sqrt(lambda_k)), sqrt(r) I] with the top k eigenpairs and r the mean of the remaining eigenvalues.
+  A = [U_k diag(sqrt(lambda_k - r)), sqrt(r) I] with the top k eigenpairs and r the mean of the remaining
+  eigenvalues, so q's covariance has the data's top k eigenvalues exactly, r elsewhere, and the data's trace.
   For small inputs (its data file holds k x H x W numbers); the maximum-entropy reference for the data's first two
   moments, where the paper's white noise matches only the marginal variances.
 
@@ -48,6 +49,7 @@ from .hmc import HMCConfig, HMCResult, HMCStep, hmc_sample
 from .specs import ModelInfo
 
 __all__ = ["KINDS", "REFERENCE_DIR", "Reference", "ReferenceRun", "ChainMonitor", "TransformAveragedScore",
+           "PixelClippedScore",
            "make_reference", "fit_reference", "fit_pca_reference", "PCAReference", "save_reference_data",
            "load_reference_data", "parse_reference",
            "tilted_score", "z_config", "initial_z", "sample_reference", "radial_amplitude"]
@@ -333,6 +335,8 @@ def make_reference(kind: str, info: ModelInfo, sigma: float = 1.0, data: str | d
         if data is None:
             raise ValueError(f"no default reference data for {c} channels; name one (data=...)")
         data = f"{data}_pca" if kind == "pca" else data
+    elif kind == "pca" and isinstance(data, str) and (REFERENCE_DIR / f"{data}_pca.yaml").is_file():
+        data = f"{data}_pca"  # pca:fashion_mnist names the dataset; its PCA lives in fashion_mnist_pca.yaml
     d = _check_data(data, "reference data") if isinstance(data, dict) else load_reference_data(data)
     dname = d.get("name", str(data)) if isinstance(data, dict) else str(data)
     if d["channels"] != c:
@@ -372,7 +376,7 @@ def make_reference(kind: str, info: ModelInfo, sigma: float = 1.0, data: str | d
 
 
 class PCAReference(Reference):
-    """q = N(m, U_k diag(lambda_k) U_k^T + r I): z = (k component scores, one white value per pixel), unit normal."""
+    """q = N(m, U_k diag(lambda_k - r) U_k^T + r I): z = (k component scores, one white value per pixel)."""
 
     def __init__(self, x_shape: tuple[int, int, int], mean_image: torch.Tensor, basis: torch.Tensor, residual: float,
                  std: torch.Tensor, sigma: float, data: str | None) -> None:
@@ -381,7 +385,7 @@ class PCAReference(Reference):
         super().__init__("pca", x_shape, (basis.shape[1] + d,), torch.zeros(c), torch.eye(c), sigma, data=data)
         self.k, self.residual = int(basis.shape[1]), float(residual)
         self.register_buffer("mean_image", mean_image.float().view(1, *x_shape))
-        self.register_buffer("basis", basis.float())  # (d, k) in normalised units: U_k sqrt(lambda_k) / std
+        self.register_buffer("basis", basis.float())  # (d, k) in normalised units: U_k sqrt(lambda_k - r) / std
         self.register_buffer("res_scale", (math.sqrt(residual) / std.float()).view(1, c, 1, 1))
 
     def to_x(self, z: torch.Tensor) -> torch.Tensor:
@@ -413,7 +417,8 @@ def _pca_reference(d: dict[str, Any], name: str, x_shape: tuple[int, int, int], 
     std_px = std_m.view(c, 1).repeat_interleave(x_shape[1] * x_shape[2], 0).view(-1, 1)  # (d, 1)
     mean_px = mean_m.view(c, 1).repeat_interleave(x_shape[1] * x_shape[2], 0).view(-1)
     comps = torch.tensor(pca["components"], dtype=torch.float64).T  # (d, k)
-    basis = comps * torch.tensor(pca["eigenvalues"], dtype=torch.float64).sqrt().view(1, -1) / std_px
+    lam = (torch.tensor(pca["eigenvalues"], dtype=torch.float64) - float(pca["residual_var"])).clamp_min(0)
+    basis = comps * lam.sqrt().view(1, -1) / std_px  # PPCA: U_k (Lambda_k - r)^(1/2), so the top eigenvalues are exact
     mean_image = (torch.tensor(pca["mean_image"], dtype=torch.float64) - mean_px) / std_px.view(-1)
     return PCAReference(x_shape, mean_image.view(x_shape), basis, float(pca["residual_var"]), std_m, sigma, name)
 
@@ -549,8 +554,25 @@ def sample_reference(score_fn: Callable[[torch.Tensor], torch.Tensor], reference
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# a deterministic smoothed score (a different node: the mean of f over fixed transforms)
+# score transforms: deterministic, so HMC stays exact -- for a different node than f_y, stated as such
 # ----------------------------------------------------------------------------------------------------------------
+
+class PixelClippedScore(nn.Module):
+    """f(clip(x)): the node's score of the image as an image file holds it (x * std + mean clipped to [0, 1]).
+
+    Piecewise linear in x, so HMC samples exp(f(clip(x)) / T) q(x) exactly. Without it a ReLU network's logit grows
+    with the image's contrast (f(c x) ~ c f(x)), and at T < 1 the samples run far outside the pixel range.
+    """
+
+    def __init__(self, score_fn: Callable[[torch.Tensor], torch.Tensor], info: ModelInfo) -> None:
+        super().__init__()
+        self.score_fn = score_fn
+        self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score_fn(((x * self.std + self.mean).clamp(0, 1) - self.mean) / self.std)
+
 
 class TransformAveragedScore(nn.Module):
     """f_bar(x) = mean_k f(tau_k x) over a FIXED set of translations (dy, dx) in pixels and zoom factors.
@@ -569,7 +591,7 @@ class TransformAveragedScore(nn.Module):
         self.transforms = [(s, z) for z in self.scales for s in self.shifts]
 
     @staticmethod
-    def _apply(x: torch.Tensor, shift: tuple[int, int], scale: float) -> torch.Tensor:
+    def _transform(x: torch.Tensor, shift: tuple[int, int], scale: float) -> torch.Tensor:
         h, w = x.shape[-2:]
         if scale != 1.0:
             hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
@@ -590,7 +612,7 @@ class TransformAveragedScore(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = len(self.transforms)
         if k == 1:
-            return self.score_fn(self._apply(x, *self.transforms[0]))
-        views = torch.stack([self._apply(x, s, z) for s, z in self.transforms], dim=1)  # (B, K, C, H, W)
+            return self.score_fn(self._transform(x, *self.transforms[0]))
+        views = torch.stack([self._transform(x, s, z) for s, z in self.transforms], dim=1)  # (B, K, C, H, W)
         f = self.score_fn(views.flatten(0, 1))
         return f.view(x.shape[0], k).mean(1)

@@ -19,13 +19,24 @@ from .diagnostics import ess_bulk, rhat
 from .files import atomic_path
 from .hmc import HMCConfig, HMCResult, HMCStep, hmc_sample, summarize
 from .nodes import Node, NodeScore, node_score
-from .reference import ChainMonitor, Reference, initial_z, make_reference, tilted_score, z_config
+from .reference import (
+    ChainMonitor,
+    PixelClippedScore,
+    Reference,
+    TransformAveragedScore,
+    initial_z,
+    make_reference,
+    tilted_score,
+    z_config,
+)
+from .runtime import precision_context
 from .settings import to_argv
 from .specs import ModelInfo
 
 __all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "grid_pixels", "save_grid",
            "save_npz", "load_preset", "sample_command", "default_preset", "DEFAULT_PRESETS", "grid_columns", "annotate",
-           "caption", "row_labels", "RHAT_OK", "grid_images", "SHOW", "SampleStep"]
+           "caption", "row_labels", "RHAT_OK", "grid_images", "SHOW", "SampleStep", "score_view", "warm_start",
+           "default_display"]
 
 
 @dataclass
@@ -61,8 +72,9 @@ def load_preset(name_or_path: str | None = None, **overrides) -> HMCConfig:
 
 
 RHAT_OK = 1.05  # split R-hat above this: the chains of a node disagree, the grid is not (yet) a sample of p_y
-# The preset a model gets when none is named: by its input (small grey digits-like inputs, or photos).
-DEFAULT_PRESETS = {"small": "lenet_tuned", "large": "alexnet_fc8"}
+# The preset a model gets when none is named, by its input: 28x28 grey (the PCA reference's size), other small inputs,
+# photos. The paper's own settings (lenet, alexnet_fc8, alexnet_conv) stay one --preset away.
+DEFAULT_PRESETS = {"grey28": "mnist_legible", "small": "lenet_tuned", "large": "imagenet_legible"}
 
 
 def grid_columns(chains: int, nodes: int = 1) -> int:
@@ -76,8 +88,12 @@ def grid_columns(chains: int, nodes: int = 1) -> int:
 
 
 def default_preset(info: ModelInfo) -> str:
-    """The preset that suits a model's input: ``small`` for inputs up to 64 px, ``large`` otherwise."""
-    return DEFAULT_PRESETS["small" if max(info.input_size[1:]) <= 64 else "large"]
+    """The preset that suits a model's input: ``grey28`` for 1 x 28 x 28 inputs (MNIST-like: its PCA reference is
+    fitted at that size), ``small`` for other inputs up to 64 px, ``large`` otherwise."""
+    c, h, w = (int(v) for v in info.input_size)
+    if (c, h, w) == (1, 28, 28):
+        return DEFAULT_PRESETS["grey28"]
+    return DEFAULT_PRESETS["small" if max(h, w) <= 64 else "large"]
 
 
 def sample_command(source: str, node: str | Node | list, config: HMCConfig, device: str = "auto",
@@ -121,12 +137,13 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
     device = torch.device(device)
     nodes = node if isinstance(node, list) else [node]
     score = score or node_score(model.to(device), info, nodes)
+    fn = score_view(score, info, config).to(device)
     reference = make_reference(config.reference, info, config.sigma).to(device)
     notes: list[str] = []
     while True:
         try:
             z0 = initial_z(reference, config.chains * len(score.nodes), config.seed, device)
-            result, monitor = _run_chains(score, reference, z0, config, callback, stop)
+            result, monitor = _run_chains(fn, reference, z0, config, callback, stop)
             break
         except torch.cuda.OutOfMemoryError:
             if config.chains == 1:
@@ -159,7 +176,8 @@ def _finish(result: HMCResult, mean_z: torch.Tensor | None, projections: torch.T
     else:
         rhat_x = ess_x = float("nan")
     s = result.summary
-    s.update(reference=config.reference, temperature=config.temperature, rhat_x=rhat_x, ess_x=ess_x,
+    named = f"{reference.kind}:{reference.data}" if reference.data else reference.kind  # the data file used
+    s.update(reference=named, temperature=config.temperature, rhat_x=rhat_x, ess_x=ess_x,
              rhat=float("nan") if rhat_x != rhat_x or s["rhat_score"] != s["rhat_score"]
              else max(s["rhat_score"], rhat_x), warmup=config.adapt_steps)
     if result.iters_done and s["accept_rate"] < 0.01:
@@ -183,7 +201,8 @@ def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: H
         score = node_score(copy.deepcopy(model).to(dev), info, nodes)
         reference = make_reference(config.reference, info, config.sigma).to(dev)
         rows = torch.cat([j * c + chains for j in range(k)])
-        res, monitor = _run_chains(score, reference, z0[rows].to(dev), config, stop=stop, noise_rows=rows.to(dev),
+        res, monitor = _run_chains(score_view(score, info, config).to(dev), reference, z0[rows].to(dev), config,
+                                   stop=stop, noise_rows=rows.to(dev),
                                    noise_total=c * k)
         return rows, res, monitor, [str(n) for n in score.nodes]
 
@@ -207,11 +226,46 @@ def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: H
     return _finish(result, mean_z, proj, reference, outs[0][3], config, info, [])
 
 
-def _run_chains(score: NodeScore, reference: Reference, z0: torch.Tensor, config: HMCConfig, callback=None,
+def score_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module:
+    """The function HMC samples: the node's score, averaged over ``config.jitter``'s 4 fixed translations and/or of
+    the clipped pixels (``config.clip``); the score itself when both are off."""
+    if config.jitter:
+        j = config.jitter
+        if j >= min(info.input_size[1:]):
+            raise ValueError(f"jitter: {j} px must be smaller than the input's sides {tuple(info.input_size[1:])}")
+        score = TransformAveragedScore(score, [(0, 0), (0, j), (j, 0), (j, j)])
+    if config.clip:
+        score = PixelClippedScore(score, info)
+    return score
+
+
+def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HMCConfig, lr: float = 0.05,
+               stop=None) -> torch.Tensor:
+    """``config.warm_start`` Adam steps on U(z) = -f(mu + A z) / T + |z|^2 / 2 from z0 (each chain on its own: the
+    sum of independent terms): starting states near a mode, so a short run at low T starts where p puts its mass.
+    The path is not part of the chain; HMC from the result is exact as from any start."""
+    z = z0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(config.warm_start):
+        if stop is not None and stop():
+            break
+        opt.zero_grad(set_to_none=True)
+        with precision_context(z.device, config.precision):
+            f = fn(reference.to_x(z)).float()
+        u = -f / config.temperature + z.pow(2).flatten(1).sum(1) / 2
+        u.sum().backward()
+        opt.step()
+    return z.detach()
+
+
+def _run_chains(score: nn.Module, reference: Reference, z0: torch.Tensor, config: HMCConfig, callback=None,
                 stop=None, noise_rows: torch.Tensor | None = None, noise_total: int | None = None
                 ) -> tuple[HMCResult, ChainMonitor]:
-    """``hmc_sample`` in whitened coordinates with a config's settings, from ``z0`` on its device; the monitor keeps
-    the running means (after ``adapt_steps``) and projection traces, and hands the caller's callback image states."""
+    """``hmc_sample`` in whitened coordinates with a config's settings, from ``z0`` (moved by ``warm_start`` steps
+    first) on its device; the monitor keeps the running means (after ``adapt_steps``) and projection traces, and
+    hands the caller's callback image states."""
+    if config.warm_start:
+        z0 = warm_start(score, reference, z0, config, stop=stop)
     monitor = ChainMonitor(reference, warmup=config.adapt_steps, projections=PROJECTIONS)
     if callback is not None:
         def on_step(step: HMCStep):
@@ -239,6 +293,13 @@ def to_pixels(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
     mean = torch.tensor(info.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(info.std, device=x.device).view(1, -1, 1, 1)
     return (x.float() * std + mean).clamp(0, 1)
+
+
+def default_display(config: HMCConfig) -> str:
+    """How a grid shows samples unless told: ``range`` for the paper's white q (its draws spread far beyond the
+    pixel range), ``clip`` -- the pixels an image file holds -- for a fitted q, whose draws look like the data, and
+    when the score itself sees clipped pixels."""
+    return "clip" if config.clip or config.reference.partition(":")[0] != "white" else "range"
 
 
 def display_pixels(x: torch.Tensor, info: ModelInfo, display: str = "range") -> torch.Tensor:
@@ -380,8 +441,11 @@ def caption(run: SampleRun, show: str = "sample") -> str:
              "both": "samples beside their running means"}[show]
     r = s.get("rhat", s.get("rhat_score", float("nan")))
     flag = "" if r <= RHAT_OK else " - NOT CONVERGED (R-hat > 1.05)"
-    q = f"N(0, {c.sigma:g}^2 I)" if c.reference == "white" else f"{c.reference} (sigma {c.sigma:g})"
-    return (f"{run.info.model} {nodes}, {shown}: q = {q}, T = {c.temperature:g}; {s['iters']} iterations x "
+    named = s.get("reference", c.reference)
+    q = f"N(0, {c.sigma:g}^2 I)" if c.reference == "white" else f"{named} (sigma {c.sigma:g})"
+    view = (f", f averaged over 4 shifts of {c.jitter} px" if c.jitter else "") + (", clipped pixels" if c.clip else "")
+    view += f", {c.warm_start} warm-start steps" if c.warm_start else ""
+    return (f"{run.info.model} {nodes}, {shown}: q = {q}, T = {c.temperature:g}{view}; {s['iters']} iterations x "
             f"{c.trajectory_steps} leapfrog steps (step {c.step_size:g}, mass {c.mass:g}); acceptance "
             f"{s['accept_rate']:.2f}; R-hat {r:.2f}{flag}")
 

@@ -45,6 +45,7 @@ from gencnn_plugin.visualize import (
     RHAT_OK,
     SampleRun,
     caption,
+    default_display,
     default_preset,
     grid_images,
     load_preset,
@@ -311,7 +312,7 @@ class MainWindow(QMainWindow):
 
     def _load_settings(self) -> None:
         s = self.settings
-        self.preset.setCurrentText(s.value("preset", "lenet_sigma3"))
+        self.preset.setCurrentText(s.value("preset", "mnist_legible"))
         self.apply_preset(self.preset.currentText())
         saved = {k: s.value(f"sampler/{k}") for k in self.form.widgets if s.contains(f"sampler/{k}")}
         for key, value in saved.items():
@@ -660,7 +661,7 @@ class MainWindow(QMainWindow):
         from .worker import grid_image
 
         images, nrow, _ = grid_images(run, self._shown() if run.mean_x is not None else "sample")
-        self.show_grid(grid_image(images, run.info, nrow))
+        self.show_grid(grid_image(images, run.info, nrow, display=default_display(run.config)))
 
     def _on_finished(self, run: SampleRun) -> None:
         self.last_run = run
@@ -701,8 +702,9 @@ class MainWindow(QMainWindow):
         run = self.last_run
         show = self._shown() if run.mean_x is not None else "sample"
         images, nrow, _ = grid_images(run, show)
-        return save_grid(images, self.info, path, nrow=nrow, min_size=56,  # the grid shown; what made it, in the
-                         metadata={"caption": caption(run, show), "nodes": run.nodes,  # PNG's text chunks
+        return save_grid(images, self.info, path, nrow=nrow, min_size=56, display=default_display(run.config),
+                         # the grid shown; what made it, in the PNG's text chunks
+                         metadata={"caption": caption(run, show), "nodes": run.nodes,
                                    "config": asdict(run.config), "summary": run.result.summary})
 
     def save_npz(self, path: str | Path) -> Path | None:

@@ -13,7 +13,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from gencnn_plugin.hmc import HMCConfig
 from gencnn_plugin.runtime import resolve_device
 from gencnn_plugin.specs import ModelInfo
-from gencnn_plugin.visualize import SampleStep, grid_columns, grid_pixels, sample_node
+from gencnn_plugin.visualize import SampleStep, default_display, grid_columns, grid_pixels, sample_node
 
 __all__ = ["SampleJob", "SamplerWorker", "grid_image"]
 
@@ -30,9 +30,10 @@ class SampleJob:
     min_fps_interval: float = 1 / 30  # previews at most this often when iterations are faster
 
 
-def grid_image(x: torch.Tensor, info: ModelInfo, nrow: int, min_size: int = 56) -> np.ndarray:
+def grid_image(x: torch.Tensor, info: ModelInfo, nrow: int, min_size: int = 56, display: str = "range"
+               ) -> np.ndarray:
     """Samples -> one RGB uint8 grid (H, W, 3), drawn as ``gencnn sample`` draws it."""
-    grid = grid_pixels(x, info, nrow, min_size=min_size)
+    grid = grid_pixels(x, info, nrow, min_size=min_size, display=display)
     return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).contiguous().numpy()
 
 
@@ -73,7 +74,8 @@ class SamplerWorker(QObject):
                 nrow = grid_columns(step.x.shape[0] // nodes, nodes)  # the layout the saved PNG has
                 mean = step.running_mean() if self.view == "mean" and step.running_mean is not None else None
                 stats["view"] = "mean" if mean is not None else "sample"
-                self.progress.emit(done, total, grid_image(mean if mean is not None else step.x, job.info, nrow),
+                self.progress.emit(done, total, grid_image(mean if mean is not None else step.x, job.info, nrow,
+                                                          display=default_display(job.config)),
                                    stats)
             return self._stop.is_set()
 

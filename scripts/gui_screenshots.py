@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lenet", required=True, help="a trained LeNet checkpoint or run folder")
     p.add_argument("--weights", default=str(REPO.parent / "shared" / "weights" / "squeezenet1_1_imagenet.safetensors"))
     p.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    p.add_argument("--lenet-iters", type=int, default=300, help="grab the LeNet run after this many iterations")
+    p.add_argument("--squeezenet-iters", type=int, default=20)
+    p.add_argument("--squeezenet-chains", type=int, default=4)
     args = p.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import QSettings
@@ -49,24 +52,16 @@ def main(argv: list[str] | None = None) -> None:
         window = MainWindow(QSettings(str(Path(tmp) / "s.ini"), QSettings.IniFormat))
         window.resize(1280, 760)
         window.show()
-        window.open_source(args.lenet)
-        window.preset.setCurrentText("lenet_sigma3")
+        window.open_source(args.lenet)  # its default preset: mnist_legible
         window.set_node("logits:3")
         window.chains.setValue(16)
-        window.iters.setValue(100)
-        shoot(app, window, 60, args.out / "gui_lenet.png")
+        shoot(app, window, args.lenet_iters, args.out / "gui_lenet.png")
 
-        window.open_source("tv:squeezenet1_1", args.weights)
-        window.preset.setCurrentText("alexnet_fc8")
-        window.class_search.setText("tiger cat")
-        window.set_node("logits:282")
-        window.chains.setValue(8)
-        window.iters.setValue(40)
-        window.leapfrog.setValue(10)
-        window.sigma.setValue(1.0)
-        window.step_size.setValue(0.06)  # the step that dual averaging settles on here (imagenet_samples.md); the
-        # paper's 1.0 rejects every proposal on SqueezeNet
-        shoot(app, window, 6, args.out / "gui_squeezenet.png")
+        window.open_source("tv:squeezenet1_1", args.weights)  # its default preset: imagenet_legible
+        window.class_search.setText("goldfish")
+        window.set_node("logits:1")
+        window.chains.setValue(args.squeezenet_chains)
+        shoot(app, window, args.squeezenet_iters, args.out / "gui_squeezenet.png")
         window.close()
     print(f"wrote {args.out / 'gui_lenet.png'} and {args.out / 'gui_squeezenet.png'}", flush=True)
 

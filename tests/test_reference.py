@@ -11,7 +11,9 @@ from torch import nn
 from gencnn_plugin.hmc import HMCConfig, hmc_sample
 from gencnn_plugin.reference import (
     ChainMonitor,
+    PixelClippedScore,
     TransformAveragedScore,
+    fit_pca_reference,
     fit_reference,
     load_reference_data,
     make_reference,
@@ -46,7 +48,7 @@ def _matrix(ref) -> torch.Tensor:
     """A of x = mu + A z, column by column (small shapes only)."""
     dz = math.prod(ref.z_shape)
     with torch.no_grad():
-        return (ref.to_x(torch.eye(dz).view(dz, *ref.z_shape)) - ref.mu).flatten(1).T  # (dx, dz)
+        return (ref.to_x(torch.eye(dz).view(dz, *ref.z_shape)) - ref.x_mean).flatten(1).T  # (dx, dz)
 
 
 def _zero_score(x: torch.Tensor) -> torch.Tensor:
@@ -85,15 +87,16 @@ def test_fitted_kinds_match_the_data_marginals_in_pixels(kind):
         assert torch.allclose(var, colour.diagonal().view(3, 1).expand(3, 64), rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["pink", "lowres"])
+@pytest.mark.parametrize("kind", ["pink", "lowres", "pca"])
 def test_hmc_with_zero_score_reproduces_the_reference_covariance(kind):
-    ref = make_reference(kind, RGB, data=_data(3), factor=2)
+    data = fit_pca_reference(_fake_data(3, size=8), k=20) if kind == "pca" else _data(3)
+    ref = make_reference(kind, RGB, data=data, factor=2)
     a = _matrix(ref).double()
     target = a @ a.T
     cfg = HMCConfig(iters=3, chains=1500, seed=1, **_quarter())
     run = sample_reference(_zero_score, ref, cfg, projections=0)
     assert run.result.summary["accept_rate"] > 0.85
-    x = (run.x - ref.mu).flatten(1).double()
+    x = (run.x - ref.x_mean).flatten(1).double()
     emp = x.T @ x / x.shape[0]
     scale = target.diagonal().sqrt()
     corr_err = (emp - target) / (scale.view(-1, 1) * scale.view(1, -1))
@@ -107,6 +110,38 @@ def test_hmc_with_zero_score_reproduces_the_reference_covariance(kind):
     rho_emp = emp[lag, lag + 1].mean() / emp.diagonal().mean()
     rho_tgt = target[lag, lag + 1].mean() / target.diagonal().mean()
     assert abs(float(rho_emp - rho_tgt)) < 0.03 and float(rho_tgt) > 0.2
+
+
+def test_pca_reference_is_the_fitted_low_rank_plus_residual_covariance():
+    images = _fake_data(1, n=200, size=8)
+    d = fit_pca_reference(images, k=10)
+    ref = make_reference("pca", GREY, data=d)
+    a = _matrix(ref).double() * GREY.std[0]  # pixel units
+    flat = images.flatten(1).double()
+    cov = torch.cov(flat.T)
+    assert d["pca"]["k"] == 10 and ref.z_shape == (10 + 64,)
+    assert torch.allclose(torch.trace(a @ a.T), torch.trace(cov), rtol=1e-3)  # residual keeps the total variance
+    ev = torch.linalg.eigvalsh(cov)
+    got = torch.linalg.eigvalsh(a @ a.T)  # the data's top 10 eigenvalues, then the residual variance
+    assert torch.allclose(got[-10:], ev[-10:], rtol=1e-3)
+    assert torch.allclose(got[:-10], torch.full((54,), d["pca"]["residual_var"], dtype=torch.float64), rtol=1e-3)
+    pix_mean = ref.x_mean.flatten().double() * GREY.std[0] + GREY.mean[0]
+    assert torch.allclose(pix_mean, flat.mean(0), atol=1e-4)
+    with pytest.raises(ValueError, match="fitted at"):
+        make_reference("pca", ModelInfo("timm:lenet_caffe", 10, 1, (1, 6, 6), (0.1,), (0.5,)), data=d)
+
+
+def test_clipped_score_sees_the_displayed_pixels():
+    seen = []
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return x.flatten(1).sum(1)
+
+    clipped = PixelClippedScore(score, GREY)
+    x = torch.tensor([-5.0, 0.5, 5.0]).view(1, 1, 1, 3)
+    clipped(x)
+    assert torch.allclose(seen[0] * 0.5 + 0.1, torch.tensor([0.0, 0.35, 1.0]).view(1, 1, 1, 3))
 
 
 def test_white_reference_reproduces_n0_sigma2_and_todays_sampler():
@@ -194,3 +229,15 @@ def test_transform_averaged_score_keeps_chain_groups():
     assert torch.allclose(avg(x), want)
     zoom = TransformAveragedScore(lambda x: x.flatten(1).sum(1), scales=[1.0, 1.25, 0.75])
     assert zoom(torch.ones(2, 1, 8, 8)).shape == (2,)
+
+
+def test_pca_named_by_its_dataset():
+    info = create_model_info_lenet()
+    assert make_reference("pca:fashion_mnist", info).data == "fashion_mnist_pca"
+    assert make_reference("pca", info).data == "mnist_pca"
+
+
+def create_model_info_lenet() -> ModelInfo:
+    from gencnn_plugin import create_model
+
+    return create_model("lenet")[1]

@@ -36,6 +36,21 @@ def test_presets_are_the_papers_settings():
         load_preset("lenet", step=0.1)
 
 
+def test_the_default_preset_suits_the_input_and_every_default_loads():
+    from gencnn_plugin.specs import ModelInfo
+    from gencnn_plugin.visualize import DEFAULT_PRESETS, default_preset
+
+    def info(c: int, size: int) -> ModelInfo:
+        return ModelInfo("lenet", 10, c, (c, size, size), (0.5,) * c, (0.5,) * c)
+
+    assert [default_preset(info(1, 28)), default_preset(info(3, 32)), default_preset(info(1, 32)),
+            default_preset(info(3, 224))] == ["mnist_legible", "lenet_tuned", "lenet_tuned", "imagenet_legible"]
+    for name in DEFAULT_PRESETS.values():
+        load_preset(name)
+    legible = load_preset("mnist_legible")
+    assert (legible.reference, legible.temperature, legible.adapt_steps) == ("pca", 1.0, 50)
+
+
 def test_grid_and_npz(tmp_path):
     model, info = create_model("lenet")
     cfg = load_preset("lenet", chains=3, iters=2, leapfrog_steps=3, step_size=0.01)
@@ -104,7 +119,7 @@ def test_every_reference_samples_a_node(reference):
                     adapt_steps=1, temperature=0.5)
     run = sample_node(model, info, ["logits:1", "logits:2"], cfg)
     assert run.result.x.shape == run.mean_x.shape == (6, 1, 28, 28)
-    assert run.projections.shape == (4, 6, 4) and run.result.summary["reference"] == reference
+    assert run.projections.shape == (4, 6, 4) and run.result.summary["reference"].split(":")[0] == reference
     assert run.result.summary["rhat"] >= run.result.summary["rhat_score"] or math.isnan(run.result.summary["rhat"])
 
 
@@ -129,7 +144,7 @@ def test_cli_shows_samples_and_means_and_writes_them(lenet_ckpt, tmp_path, capsy
                  "--leapfrog-steps", "3", "--adapt-steps", "1", "--reference", "pink", "--temperature", "0.5",
                  "--device", "cpu", "--out", str(png), "--npz", str(npz), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "reference pink, T 0.5" in out and "R-hat" in out and "x projections" in out
+    assert "reference pink:mnist, T 0.5" in out and "R-hat" in out and "x projections" in out
     data = np.load(npz)
     assert data["mean_samples"].shape == data["samples"].shape == (4, 1, 28, 28)
     assert data["trace_projections"].shape == (4, 4, 4)
@@ -140,3 +155,68 @@ def test_cli_shows_samples_and_means_and_writes_them(lenet_ckpt, tmp_path, capsy
     mean_only = Image.open(tmp_path / "m.png")
     assert both.size[1] > mean_only.size[1]  # samples and means (and a caption) against means alone
     assert "R-hat" in both.text["Description"]
+
+
+def test_unconverged_chains_are_reported(lenet_ckpt, tmp_path, capsys):
+    """Chains that barely move stay at their dispersed starting points: R-hat far above 1.05, and the command says
+    the grid is not yet a sample (the warning path); the .npz records the same R-hat."""
+    npz = tmp_path / "u.npz"
+    assert main(["sample", str(lenet_ckpt), "--node", "logits:4", "--chains", "4", "--iters", "8",
+                 "--leapfrog-steps", "1", "--step-size", "1e-5", "--adapt-steps", "2", "--reference", "white",
+                 "--out", str(tmp_path / "u.png"), "--npz", str(npz), "-q"]) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "> 1.05: the chains of a node disagree" in text
+    import json
+
+    summary = json.loads(str(np.load(npz, allow_pickle=False)["meta"]))["summary"]
+    assert summary["rhat"] > 1.05
+
+
+def test_jitter_clip_and_warm_start_sample_the_stated_node():
+    """jitter: HMC sees the mean of f over the 4 fixed shifts; clip: f of the clipped pixels; warm_start: the chains
+    start where Adam left them (lower U than the reference draws), the same run otherwise."""
+    from gencnn_plugin.nodes import node_score
+    from gencnn_plugin.reference import PixelClippedScore, TransformAveragedScore
+    from gencnn_plugin.visualize import score_view
+
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    score = node_score(model, info, "logits:3")
+    view = score_view(score, info, HMCConfig(jitter=2, clip=True))
+    assert isinstance(view, PixelClippedScore) and isinstance(view.score_fn, TransformAveragedScore)
+    x = torch.randn(3, 1, 28, 28) * 3
+    pix = ((x * info.std[0] + info.mean[0]).clamp(0, 1) - info.mean[0]) / info.std[0]
+    shifts = [torch.roll(torch.nn.functional.pad(pix, (2, 2, 2, 2), mode="reflect"), (dy, dx), (2, 3))[..., 2:30, 2:30]
+              for dy, dx in [(0, 0), (0, 2), (2, 0), (2, 2)]]
+    torch.testing.assert_close(view(x), torch.stack([score(v) for v in shifts]).mean(0), rtol=1e-5, atol=1e-5)
+    assert score_view(score, info, HMCConfig()) is score
+    cfg = HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6, mass=1.0, seed=3)
+    cold = sample_node(model, info, "logits:3", cfg)
+    warm = sample_node(model, info, "logits:3", HMCConfig(**{**cfg.__dict__, "warm_start": 30}))
+    assert (warm.result.trace["potential"][0] < cold.result.trace["potential"][0] - 1).all()  # Adam lowered U
+    with pytest.raises(ValueError, match="jitter"):
+        score_view(score, info, HMCConfig(jitter=28))
+
+
+def test_warm_start_minimises_the_samplers_potential():
+    """With a linear score f(x) = <w, x> and q = N(0, s^2 I), U(z) = -<w, s z> / T + |z|^2 / 2 has its minimum at
+    z* = s w / T: the warm start must land there (an objective without -f / T, or with the wrong T or s, does not)."""
+    from gencnn_plugin.reference import make_reference
+    from gencnn_plugin.specs import ModelInfo
+    from gencnn_plugin.visualize import warm_start
+
+    info = ModelInfo("lenet", 10, 1, (1, 3, 3), (0.5,), (0.5,))
+    ref = make_reference("white", info, sigma=2.0)
+    w = torch.linspace(-1, 1, 9).view(1, 1, 3, 3)
+    cfg = HMCConfig(temperature=0.5, warm_start=1500)
+    z = warm_start(lambda x: (x * w).flatten(1).sum(1), ref, torch.zeros(2, 1, 3, 3), cfg)
+    torch.testing.assert_close(z, (2.0 * w / 0.5).expand(2, 1, 3, 3), atol=2e-3, rtol=0)
+
+
+def test_fitted_references_are_shown_as_pixels():
+    from gencnn_plugin.visualize import default_display
+
+    assert default_display(HMCConfig()) == "range"  # the paper's white q spreads past the pixel range
+    assert default_display(HMCConfig(reference="pca")) == default_display(HMCConfig(reference="pink:mnist")) == "clip"
+    assert default_display(HMCConfig(clip=True)) == "clip"

@@ -1,0 +1,978 @@
+"""Legibility and convergence of generative-visualization samples (paper section 3.4, 4.2), judged by networks that
+never see the sampled one.
+
+Subcommands (each writes what it measures; ``report`` renders docs/results/legibility.md from the JSON records):
+
+    python benchmarks/legibility.py fit-references                       # zoo_configs/references/*.yaml
+    python benchmarks/legibility.py train-judge --dataset mnist          # runs/judge_mnist (timm:test_resnet)
+    python benchmarks/legibility.py digits --dataset mnist --settings paper pca_t1 ...
+    python benchmarks/legibility.py imagenet --model squeezenet1_1 --settings paper pink_clip ...
+    python benchmarks/legibility.py report                               # docs/results/legibility.md
+
+Digits (MNIST, Fashion-MNIST): class nodes logits:0..9 of a trained LeNet; the judge is a timm:test_resnet trained
+here with noise from the reference family added at random amplitudes. ImageNet: class nodes of SqueezeNet 1.1 judged
+by MobileNetV2 and the reverse. Samples are judged as an image file holds them: x * std + mean clipped to [0, 1],
+then the judge's own normalisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gencnn_plugin.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from gencnn_plugin.data import load_idx  # noqa: E402
+from gencnn_plugin.reference import REFERENCE_DIR, make_reference  # noqa: E402
+from gencnn_plugin.specs import create_model  # noqa: E402
+
+RESULTS = REPO / "docs" / "results" / "legibility"
+IMAGES = REPO / "docs" / "images"
+DATASET_FILES = {"mnist": "mnist", "fashion-mnist": "fashion_mnist"}  # dataset -> reference data file stem
+
+
+def _data_dir(args: argparse.Namespace) -> str:
+    import os
+
+    return args.data_dir or os.environ.get("GENCNN_DATA") or str(REPO.parent / "shared" / "data")
+
+
+def _meta(args: argparse.Namespace, threads: int) -> dict:
+    from benchmarks._common import device_name
+
+    return {"device": f"cpu: {device_name(torch.device('cpu'))} ({threads} threads)", "torch": torch.__version__,
+            "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv),
+            "python": platform.python_version()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fit-references
+# ----------------------------------------------------------------------------------------------------------------
+
+def photo_crops(folder: Path, size: int = 224, short: int = 256) -> torch.Tensor:
+    """The photos resized (shorter side ``short``, bicubic) and cut into centre + 4 corner crops, in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    crops = []
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        im = Image.open(f).convert("RGB")
+        w, h = im.size
+        s = short / min(w, h)
+        im = im.resize((round(w * s), round(h * s)), Image.BICUBIC)
+        a = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255
+        hh, ww = a.shape[1:]
+        for oy, ox in (((hh - size) // 2, (ww - size) // 2), (0, 0), (0, ww - size), (hh - size, 0),
+                       (hh - size, ww - size)):
+            crops.append(a[:, oy:oy + size, ox:ox + size])
+    return torch.stack(crops)
+
+
+def cmd_fit_references(args: argparse.Namespace) -> None:
+    """Fit and write the reference data files (pixel space) from the shared photos and training sets."""
+    from gencnn_plugin.reference import fit_pca_reference, fit_reference, save_reference_data
+
+    data = Path(_data_dir(args))
+    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
+    cmd = "python benchmarks/legibility.py fit-references"
+    crops = photo_crops(data / "images")
+    d = fit_reference(crops, "imagenet_photos", f"{data.name}/images: {crops.shape[0] // 5} photos, shorter side "
+                      "resized to 256 px (bicubic), centre + 4 corner 224-px crops")
+    save_reference_data(d, REFERENCE_DIR / "imagenet_photos.yaml", f"Stationary reference fitted by `{cmd}`: pixel "
+                        "mean, colour covariance and amplitude spectrum of\nthe shared photos, in [0, 1] pixels.")
+    print(f"imagenet_photos: alpha {d['spectrum']['alpha']}, mean {d['mean']}")
+    for name, stem in DATASET_FILES.items():
+        images = load_idx(name, data, train=True).images[: args.fit_images]
+        src = f"{name} train images 0-{images.shape[0] - 1}"
+        d = fit_reference(images, stem, src)
+        save_reference_data(d, REFERENCE_DIR / f"{stem}.yaml", f"Stationary reference fitted by `{cmd}`.")
+        p = fit_pca_reference(images, k=args.pca_k, name=f"{stem}_pca", source=src, digits=4)
+        save_reference_data(p, REFERENCE_DIR / f"{stem}_pca.yaml", f"Full-covariance (probabilistic PCA, k = "
+                            f"{p['pca']['k']}) reference fitted by `{cmd}`:\nmean image, top eigenpairs of the pixel "
+                            "covariance, mean of the other eigenvalues (residual_var).")
+        print(f"{stem}: alpha {d['spectrum']['alpha']}, pca explained {p['pca']['explained']}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train-judge
+# ----------------------------------------------------------------------------------------------------------------
+
+JUDGE_SPEC = "timm:test_resnet"  # a small ResNet (BN, residuals, global pooling): not LeNet's architecture
+NOISE_KINDS = ("white", "pink", "spectral", "lowres")
+
+
+def reference_noise(kinds: dict, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n zero-mean noise images in pixel units, each from a random kind of the reference family (unit-scaled:
+    the data's marginal std)."""
+    which = torch.randint(len(kinds), (n,), generator=generator)
+    out = torch.empty(n, *next(iter(kinds.values())).x_shape)
+    for i, ref in enumerate(kinds.values()):
+        sel = (which == i).nonzero().flatten()
+        if len(sel):
+            with torch.no_grad():
+                out[sel] = (ref.sample(len(sel), generator) - ref.x_mean) * ref.pixel_std_scale
+    return out
+
+
+def noise_family(info, dataset: str) -> dict:
+    """The reference kinds as noise sources in pixel space (each rescaled to the data's marginal std)."""
+    stem = DATASET_FILES[dataset]
+    kinds = {}
+    for kind in NOISE_KINDS:
+        ref = make_reference(kind, info, data=None if kind == "white" else stem)
+        # pixel units: normalised * std; white gets the data's marginal std as its sigma
+        std = torch.tensor(info.std).view(1, -1, 1, 1)
+        if kind == "white":
+            from gencnn_plugin.reference import load_reference_data
+
+            d = load_reference_data(stem)
+            ref = make_reference("white", info, sigma=math.sqrt(d["colour_cov"][0][0]) / info.std[0])
+        ref.pixel_std_scale = std
+        kinds[kind] = ref
+    return kinds
+
+
+def cmd_train_judge(args: argparse.Namespace) -> None:
+    """Train the judge: clean images half of the time, else plus reference noise at amplitude U(0, max) x the data's
+    std, clipped to [0, 1]. Saved with save_checkpoint; prints the clean and noisy test accuracy."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    data = _data_dir(args)
+    train = load_idx(args.dataset, data, train=True)
+    test = load_idx(args.dataset, data, train=False)
+    from gencnn_plugin.data import dataset_mean_std
+
+    mean, std = dataset_mean_std(args.dataset)
+    model, info = create_model(JUDGE_SPEC, num_classes=10, in_chans=1, img_size=28, mean=mean, std=std,
+                               class_names=list(train.class_names))
+    kinds = noise_family(info, args.dataset)
+    g = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * (len(train) // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
+    m_t, s_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+    def augment(pix: torch.Tensor) -> torch.Tensor:
+        n = pix.shape[0]
+        noisy = torch.rand(n, generator=g) < args.noise_prob
+        amp = torch.rand(n, generator=g) * args.noise_max
+        noise = reference_noise(kinds, n, g) * (amp * noisy).view(-1, 1, 1, 1)
+        shift = torch.randint(-2, 3, (2,), generator=g)  # small translations: samples are not centred like MNIST
+        pix = torch.roll(pix, (int(shift[0]), int(shift[1])), (2, 3))
+        return (pix + noise).clamp(0, 1)
+
+    t0 = time.perf_counter()
+    model.train()
+    step = 0
+    for epoch in range(args.epochs):
+        perm = torch.randperm(len(train), generator=g)
+        for i in range(0, len(train) - args.batch + 1, args.batch):
+            idx = perm[i:i + args.batch]
+            pix = augment(train.images[idx].float() / 255)
+            loss = F.cross_entropy(model((pix - m_t) / s_t), train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step % 200 == 0:
+                print(f"epoch {epoch + 1} step {step}/{steps} loss {loss.item():.3f}", flush=True)
+    model.eval()
+    seconds = time.perf_counter() - t0
+    accs = judge_accuracy(model, info, test, kinds, args.seed)
+    print(f"judge {JUDGE_SPEC} on {args.dataset}: " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()))
+    out = Path(args.out or REPO / "runs" / f"judge_{DATASET_FILES[args.dataset]}")
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "checkpoint.safetensors", model, info, dataset=args.dataset, mode="judge",
+                    judge={"epochs": args.epochs, "noise_prob": args.noise_prob, "noise_max": args.noise_max,
+                           "noise_kinds": list(NOISE_KINDS), "accuracy": accs, "seconds": seconds,
+                           "command": "python " + " ".join(sys.argv)})
+    (out / "summary.json").write_text(json.dumps({"model": JUDGE_SPEC, "dataset": args.dataset, "accuracy": accs,
+                                                  "seconds": seconds, **_meta(args, args.threads)}, indent=1) + "\n")
+    print(f"saved {out}")
+
+
+def judge_accuracy(model: nn.Module, info, test, kinds: dict, seed: int) -> dict:
+    """Clean test accuracy, and with reference noise of amplitude 0.5 and 1.0 x the data's std (clipped)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    m_t, s_t = torch.tensor(info.mean).view(1, -1, 1, 1), torch.tensor(info.std).view(1, -1, 1, 1)
+    out = {}
+    for amp in (0.0, 0.5, 1.0):
+        correct = 0
+        for i in range(0, len(test), 1000):
+            pix = test.images[i:i + 1000].float() / 255
+            if amp:
+                pix = (pix + amp * reference_noise(kinds, pix.shape[0], g)).clamp(0, 1)
+            with torch.no_grad():
+                correct += int((model((pix - m_t) / s_t).argmax(1) == test.labels[i:i + 1000]).sum())
+        out["clean" if not amp else f"noise_{amp:g}"] = correct / len(test)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# settings and statistics
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Setting:
+    """One way of drawing pictures of a node. ``method``: hmc (exact HMC in whitened coordinates of ``reference``),
+    ascent (plain gradient ascent on the node's score from a reference draw, the T -> 0 limit without a prior),
+    lucent or maco (optimisation recipes, ImageNet only). ``display``: the chain's last state or its running mean
+    after warm-up. ``clip``: the score sees the displayed pixels, f(clip(x)) (a different node, exact for it).
+    ``jitter``: the score is the mean of f over these fixed (dy, dx) translations (a different node, exact for it).
+    ``warm_opt``: warm-up Adam steps on U(z) before HMC (discarded, like the adaptation iterations)."""
+
+    name: str
+    method: str = "hmc"
+    reference: str = "white"
+    sigma: float = 1.0
+    temperature: float = 1.0
+    step_size: float = 0.1
+    leapfrog_steps: int = 50
+    mass: float = 0.01
+    iters: int = 100
+    adapt_steps: int = 0
+    target_accept: float = 0.65
+    chains: int = 4
+    display: str = "last"
+    clip: bool = False
+    jitter: list = field(default_factory=list)
+    warm_opt: int = 0
+    warm_lr: float = 0.05
+    note: str = ""
+
+    def label(self) -> str:
+        if self.method != "hmc":
+            return f"{self.method}" + (f" ({self.note})" if self.note else "")
+        extra = (", clip" if self.clip else "") + (f", jitter {len(self.jitter)}" if self.jitter else "") + \
+            (f", warm Adam {self.warm_opt}" if self.warm_opt else "")
+        return (f"{self.reference} s={self.sigma:g} T={self.temperature:g}; eps {self.step_size:g} L "
+                f"{self.leapfrog_steps} m {self.mass:g} iters {self.iters} (adapt {self.adapt_steps}){extra}; "
+                f"{self.display}")
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion k / n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def bootstrap_classes(hits: torch.Tensor, groups: torch.Tensor, n_boot: int = 4000, seed: int = 0
+                      ) -> tuple[float, float]:
+    """Percentile 95% interval of the mean of ``hits`` when whole classes (``groups``) are resampled: samples of one
+    class are not independent, classes are."""
+    rng = random.Random(seed)
+    per = {}
+    for h, gr in zip(hits.tolist(), groups.tolist()):
+        per.setdefault(gr, []).append(float(h))
+    keys = list(per)
+    means = []
+    for _ in range(n_boot):
+        pick = [per[rng.choice(keys)] for _ in keys]
+        means.append(sum(sum(v) for v in pick) / sum(len(v) for v in pick))
+    means.sort()
+    return means[int(0.025 * n_boot)], means[int(0.975 * n_boot) - 1]
+
+
+def proportion(hits: torch.Tensor, groups: torch.Tensor) -> dict:
+    """A proportion with its Wilson interval (samples treated as independent) and the class-bootstrap interval."""
+    k, n = int(hits.sum()), int(hits.numel())
+    lo, hi = wilson(k, n)
+    blo, bhi = bootstrap_classes(hits, groups)
+    return {"k": k, "n": n, "p": k / n if n else float("nan"), "wilson": [lo, hi], "boot": [blo, bhi]}
+
+
+def convergence(scores: torch.Tensor, projections: torch.Tensor, chains: int, warmup: int) -> dict:
+    """Rank-normalised split R-hat and bulk ESS (gencnn_plugin.diagnostics) of f_y and of the random projections,
+    per node across its chains, after warm-up: the worst node and the median node."""
+    from gencnn_plugin import diagnostics
+
+    s, pr = scores[warmup:], projections[warmup:]
+    if s.shape[0] < 4:
+        return {"rhat_max": float("nan"), "rhat_median": float("nan"), "ess_bulk_min": float("nan"), "draws": 0}
+    per_node_rhat, per_node_ess, rhat_f = [], [], []
+    for g in range(s.shape[1] // chains):
+        sl = slice(g * chains, (g + 1) * chains)
+        tr = torch.cat([s[:, sl].unsqueeze(-1), pr[:, sl]], -1) if pr.numel() else s[:, sl].unsqueeze(-1)
+        r = diagnostics.rhat(tr)
+        e = diagnostics.ess_bulk(tr)
+        r = r if isinstance(r, torch.Tensor) else torch.tensor([r])
+        e = e if isinstance(e, torch.Tensor) else torch.tensor([e])
+        per_node_rhat.append(float(torch.nan_to_num(r, nan=float("inf")).max()))
+        per_node_ess.append(float(torch.nan_to_num(e, nan=0.0).min()))
+        rhat_f.append(float(r[0]))
+    srt = sorted(per_node_rhat)
+    return {"rhat_max": srt[-1], "rhat_median": srt[len(srt) // 2], "rhat_f_max": max(rhat_f),
+            "ess_bulk_min": min(per_node_ess), "ess_bulk_median": sorted(per_node_ess)[len(per_node_ess) // 2],
+            "nodes_rhat_le_1.05": sum(r <= 1.05 for r in per_node_rhat), "nodes": len(per_node_rhat),
+            "draws": int(s.shape[0]), "per_node_rhat": [round(r, 4) for r in per_node_rhat]}
+
+
+def mean_pairwise_distance(images: torch.Tensor) -> float:
+    """Mean L2 distance over all pairs of images (N, ...)."""
+    flat = images.flatten(1).double()
+    n = flat.shape[0]
+    return float(torch.cdist(flat, flat).sum() / (n * (n - 1))) if n > 1 else float("nan")
+
+
+def to_pixels(x: torch.Tensor, info) -> torch.Tensor:
+    """What an image file holds: x * std + mean, clipped to [0, 1]."""
+    return (x.float() * torch.tensor(info.std).view(1, -1, 1, 1) + torch.tensor(info.mean).view(1, -1, 1, 1)
+            ).clamp(0, 1)
+
+
+def from_pixels(pix: torch.Tensor, info) -> torch.Tensor:
+    return (pix - torch.tensor(info.mean).view(1, -1, 1, 1)) / torch.tensor(info.std).view(1, -1, 1, 1)
+
+
+def build_score(model: nn.Module, info, nodes: list[str], setting: Setting) -> nn.Module:
+    from gencnn_plugin.nodes import node_score
+    from gencnn_plugin.reference import PixelClippedScore, TransformAveragedScore
+
+    score = node_score(model, info, nodes)
+    if setting.jitter:
+        score = TransformAveragedScore(score, [tuple(s) for s in setting.jitter])
+    if setting.clip:
+        score = PixelClippedScore(score, info)
+    return score
+
+
+def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, data: str | None = None) -> dict:
+    """Samples (display images in normalised space, one row per chain, nodes in consecutive groups), traces and
+    timing for one setting."""
+    from gencnn_plugin.hmc import HMCConfig
+    from gencnn_plugin.reference import initial_z, sample_reference
+
+    score = build_score(model, info, nodes, setting)
+    n = setting.chains * len(nodes)
+    ref = make_reference(setting.reference, info, sigma=setting.sigma, data=data)
+    t0 = time.perf_counter()
+    z0 = initial_z(ref, n, seed)
+    out: dict = {"grad_evals_per_chain": 0}
+    if setting.method == "ascent":
+        z = z0.clone()
+        lr = setting.step_size
+        for _ in range(setting.iters):
+            z.requires_grad_(True)
+            f = score(ref.to_x(z))
+            (g,) = torch.autograd.grad(f.sum(), z)
+            rms = g.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
+            z = (z + lr * g / rms).detach()  # RMS-normalised steps: the same step length at any gradient scale
+        with torch.no_grad():
+            x = ref.to_x(z)
+        out.update(x=x, seconds=time.perf_counter() - t0, grad_evals_per_chain=setting.iters,
+                   scores=None, projections=None, accept=None)
+        return out
+    if setting.warm_opt:
+        z = z0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=setting.warm_lr)
+        for _ in range(setting.warm_opt):
+            opt.zero_grad()
+            u = (-score(ref.to_x(z)) / setting.temperature + z.pow(2).flatten(1).sum(1) / 2).sum()
+            u.backward()
+            opt.step()
+        z0 = z.detach()
+    cfg = HMCConfig(iters=setting.iters, leapfrog_steps=setting.leapfrog_steps, step_size=setting.step_size,
+                    mass=setting.mass, sigma=1.0, chains=setting.chains, seed=seed, adapt_steps=setting.adapt_steps,
+                    target_accept=setting.target_accept, temperature=setting.temperature)
+    # step size and mass are in x units (the paper's): sample_reference runs z with mass x sigma^2, which for the
+    # white reference is exactly the paper's x-space sampler
+    run = sample_reference(score, ref, cfg, chains=n, z0=z0)
+    seconds = time.perf_counter() - t0
+    res = run.result
+    warm = setting.adapt_steps
+    x = run.mean_x if setting.display == "mean" and run.mean_x is not None else run.x
+    acc = res.trace["accepted"][warm:] if res.iters_done > warm else res.trace["accepted"]
+    out.update(x=x, last=run.x, mean_x=run.mean_x, seconds=seconds, scores=res.trace["score"],
+               projections=run.projections,
+               accept=float(acc.mean()), step=float(res.trace["step_size"][-1].mean()), warmup=warm,
+               grad_evals_per_chain=(setting.warm_opt + res.grad_evals) * max(1, len(setting.jitter)),
+               mean_abs_energy_error=res.summary["mean_abs_energy_error"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# digits: LeNet on MNIST / Fashion-MNIST
+# ----------------------------------------------------------------------------------------------------------------
+
+DIGIT_ITERS = 500
+DIGIT_SETTINGS = {s.name: s for s in [
+    # the paper's LeNet setting (section 4.2), exactly: white q, sigma 1, T 1, eps 0.1, L 50, m 0.01, 100 iterations
+    Setting("paper", reference="white", step_size=0.1, leapfrog_steps=50, mass=0.01, iters=100),
+    # the same model with the step tuned by dual averaging (the project's lenet_tuned preset, longer)
+    Setting("white_t1", reference="white", step_size=0.015, leapfrog_steps=50, mass=0.01, iters=DIGIT_ITERS,
+            adapt_steps=50),
+    Setting("pink_t1", reference="pink", step_size=0.2, leapfrog_steps=8, mass=1.0, iters=DIGIT_ITERS,
+            adapt_steps=50),
+    Setting("pink_t03", reference="pink", temperature=0.3, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=DIGIT_ITERS, adapt_steps=50),
+    Setting("pca_t1", reference="pca", step_size=0.2, leapfrog_steps=8, mass=1.0, iters=DIGIT_ITERS, adapt_steps=50),
+    Setting("pca_t1_long", reference="pca", step_size=0.2, leapfrog_steps=8, mass=1.0, iters=3 * DIGIT_ITERS,
+            adapt_steps=100),
+    Setting("pca_t1_mean", reference="pca", step_size=0.2, leapfrog_steps=8, mass=1.0, iters=DIGIT_ITERS,
+            adapt_steps=50, display="mean"),
+    Setting("pca_t05", reference="pca", temperature=0.5, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=DIGIT_ITERS, adapt_steps=50),
+    Setting("pca_t03", reference="pca", temperature=0.3, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=DIGIT_ITERS, adapt_steps=50),
+    # plain gradient ascent on f_y (the T -> 0 limit, no prior) from the paper's white q, in pixels
+    Setting("ascent_white", method="ascent", reference="white", step_size=0.01, iters=2400,
+            note="pixels, from white noise, RMS-normalised steps of 0.01"),
+    # ... and from a pca reference draw, in its whitened coordinates (preconditioned by the data covariance)
+    Setting("ascent_pca", method="ascent", reference="pca", step_size=0.01, iters=2400,
+            note="whitened pca coordinates, RMS-normalised steps of 0.01"),
+]}
+
+
+def digit_control(lenet: nn.Module, info, judge: nn.Module, jinfo, reference: str, data: str, per_class: int,
+                  budget: float, seed: int, linf: float | None = None) -> dict:
+    """The judge on reference noise nudged towards each class by the LeNet's gradient: 10 steps of projected
+    gradient ascent on f_y in an L2 ball of radius ``budget`` x |noise - mean| in pixels (the noise's own
+    deviation), or with ``linf`` in an L-inf ball of that radius in pixels, clipped to [0, 1]. A perturbation of a
+    few percent of the noise's norm, or of 4/255 per pixel, is invisible. The LeNet's own agreement on the nudged
+    noise says how strong the nudge was."""
+    from gencnn_plugin.nodes import node_score
+
+    ref = make_reference(reference, info, data=data)
+    g = torch.Generator().manual_seed(seed + 7)
+    x0 = ref.sample(10 * per_class, g)
+    pix0 = to_pixels(x0, info)
+    radius = budget * (pix0 - to_pixels(ref.x_mean, info)).flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    score = node_score(lenet, info, [f"logits:{k}" for k in range(10)])
+    targets = torch.arange(10).repeat_interleave(per_class)
+    delta = torch.zeros_like(pix0)
+    for _ in range(10):
+        delta.requires_grad_(True)
+        f = score(from_pixels((pix0 + delta).clamp(0, 1), info))
+        (grad,) = torch.autograd.grad(f.sum(), delta)
+        if linf is not None:
+            delta = (delta.detach() + 0.3 * linf * grad.sign()).clamp(-linf, linf)
+            continue
+        step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * radius * 0.3
+        delta = (delta.detach() + step)
+        norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        delta = delta * torch.clamp(radius / norm.clamp_min(1e-12), max=1.0)
+    pix = (pix0 + delta).clamp(0, 1)
+    with torch.no_grad():
+        jl = judge(from_pixels(pix, jinfo)).argmax(1)
+        jl0 = judge(from_pixels(pix0, jinfo)).argmax(1)
+        lenet_l = lenet(from_pixels(pix, info)).argmax(1)
+    return {"reference": reference, "per_class": per_class, "l2_budget": None if linf is not None else budget,
+            "linf_budget": linf, "max_linf": float((pix - pix0).abs().amax()),
+            "mean_l2_over_noise_l2": float(((pix - pix0).flatten(1).norm(dim=1) / (pix0 - to_pixels(
+                ref.x_mean, info)).flatten(1).norm(dim=1)).mean()),
+            "judge": proportion(jl == targets, targets), "judge_unnudged": proportion(jl0 == targets, targets),
+            "lenet_agrees": float((lenet_l == targets).float().mean())}
+
+
+def cmd_digits(args: argparse.Namespace) -> None:
+    """Sample the 10 class nodes of a LeNet with each setting; judge, control, diversity, convergence."""
+    torch.set_num_threads(args.threads)
+    data_dir = _data_dir(args)
+    stem = DATASET_FILES[args.dataset]
+    lenet, info, lmeta = load_checkpoint(args.lenet)
+    judge, jinfo, jmeta = load_checkpoint(args.judge or REPO / "runs" / f"judge_{stem}")
+    if jinfo.model == info.model:
+        sys.exit("the judge must be another architecture than the sampled network")
+    test = load_idx(args.dataset, data_dir, train=False)
+    real = test.images.float() / 255
+    real_div = [mean_pairwise_distance(real[test.labels == k][: args.real_per_class]) for k in range(10)]
+    nodes = [f"logits:{k}" for k in range(10)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.settings:
+        st = DIGIT_SETTINGS[name]
+        st = replace(st, chains=args.chains)
+        ref_name = st.reference if st.reference == "white" else f"{st.reference}:{stem}" + \
+            ("_pca" if st.reference == "pca" else "")
+        st_run = replace(st, reference=ref_name)
+        out = draw(lenet, info, nodes, st_run, args.seed)
+        targets = torch.arange(10).repeat_interleave(st.chains)
+        rec = {"benchmark": "digits", "dataset": args.dataset, "setting": asdict(st), "label": st.label(),
+               "sampled": {"checkpoint": str(args.lenet), "model": info.model,
+                           "test_error": lmeta.get("test_error")},
+               "judge": {"checkpoint": str(args.judge or f"runs/judge_{stem}"), "model": jinfo.model,
+                         "accuracy": (jmeta.get("judge") or {}).get("accuracy")},
+               "seconds": out["seconds"], "grad_evals_per_chain": out["grad_evals_per_chain"],
+               "accept": out["accept"], "step": out.get("step"), **_meta(args, args.threads)}
+        pix = to_pixels(out["x"], info)
+        with torch.no_grad():
+            jl = judge(from_pixels(pix, jinfo)).argmax(1)
+            own = lenet(out["x"]).argmax(1)
+        rec["judge_agreement"] = proportion(jl == targets, targets)
+        rec["judge_per_class"] = [float((jl[targets == k] == k).float().mean()) for k in range(10)]
+        rec["lenet_agreement"] = float((own == targets).float().mean())
+        div = [mean_pairwise_distance(pix[targets == k]) / real_div[k] for k in range(10)]
+        rec["diversity"] = sum(div) / 10
+        rec["diversity_per_class"] = div
+        if out["scores"] is not None:
+            rec["convergence"] = convergence(out["scores"], out["projections"], st.chains, out["warmup"])
+        rec["control"] = digit_control(lenet, info, judge, jinfo, ref_name, None, args.control_per_class,
+                                       args.control_budget, args.seed)
+        rec["control_linf"] = digit_control(lenet, info, judge, jinfo, ref_name, None, args.control_per_class,
+                                            args.control_budget, args.seed, linf=4 / 255)
+        rec["control_strong"] = digit_control(lenet, info, judge, jinfo, ref_name, None, args.control_per_class,
+                                              0.15, args.seed)
+        grid = IMAGES / f"legibility_{stem}_{name}.png"
+        save_digit_grid(pix, st.chains, grid)
+        rec["grid"] = str(grid.relative_to(REPO))
+        path = RESULTS / f"{stem}_{name}.json"
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+        c = rec.get("convergence", {})
+        print(f"{args.dataset} {name}: judge {rec['judge_agreement']['p']:.3f} (control "
+              f"{rec['control']['judge']['p']:.3f} / linf {rec['control_linf']['judge']['p']:.3f} / L2 15% "
+              f"{rec['control_strong']['judge']['p']:.3f}, LeNet on them {rec['control']['lenet_agrees']:.2f} / "
+              f"{rec['control_linf']['lenet_agrees']:.2f} / {rec['control_strong']['lenet_agrees']:.2f}), "
+              f"diversity {rec['diversity']:.2f}, R-hat max "
+              f"{c.get('rhat_max', float('nan')):.3f}, ESS min {c.get('ess_bulk_min', float('nan')):.1f}, accept "
+              f"{rec['accept'] if rec['accept'] is not None else float('nan'):.2f}, {rec['seconds']:.0f} s", flush=True)
+
+
+def save_digit_grid(pix: torch.Tensor, chains: int, path: Path) -> None:
+    """One row per class, one column per chain, upscaled 3x."""
+    import torchvision.utils as vutils
+
+    big = F.interpolate(pix, scale_factor=3, mode="nearest")
+    vutils.save_image(vutils.make_grid(big, nrow=chains, padding=2, pad_value=0.5), str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ImageNet: SqueezeNet 1.1 judged by MobileNetV2 and the reverse
+# ----------------------------------------------------------------------------------------------------------------
+
+IMAGENET_CLASSES = [1, 22, 130, 145, 207, 281, 292, 301, 323, 340, 388, 417, 555, 607, 779, 920, 949, 951, 963, 967]
+# goldfish, bald eagle, flamingo, king penguin, golden retriever, tabby, tiger, ladybug, monarch, zebra, giant panda,
+# balloon, fire engine, jack-o'-lantern, school bus, traffic light, strawberry, lemon, pizza, espresso
+IMAGENET_MODELS = {
+    # name: spec, weights file, constructor options, (mean, std) (../shared/README.md)
+    "squeezenet1_1": ("tv:squeezenet1_1", "squeezenet1_1_imagenet.safetensors", {}, None),
+    "mobilenetv2_100": ("timm:mobilenetv2_100", "mobilenetv2_100_imagenet.safetensors", {"pad_type": "same"},
+                        ((0.5,) * 3, (0.5,) * 3)),
+}
+JUDGE_OF = {"squeezenet1_1": "mobilenetv2_100", "mobilenetv2_100": "squeezenet1_1"}
+JITTER4 = [[0, 0], [0, 8], [8, 0], [8, 8]]
+IMAGENET_SETTINGS = {s.name: s for s in [
+    # the paper's AlexNet fc8 setting (section 4.2): white q, sigma 1, T 1, eps 1, L 25, m 0.3; the paper runs 500
+    # iterations, we run --paper-iters (every proposal is rejected: the state stays the starting noise)
+    Setting("paper", reference="white", step_size=1.0, leapfrog_steps=25, mass=0.3, iters=500),
+    Setting("pink_t1", reference="pink", step_size=0.05, leapfrog_steps=10, mass=1.0, iters=80, adapt_steps=30),
+    Setting("pink_clip_t01", reference="pink", temperature=0.1, clip=True, step_size=0.01, leapfrog_steps=10,
+            mass=1.0, iters=40, adapt_steps=20, warm_opt=200),
+    # the same with the score averaged over 4 fixed translations (lucent's jitter, made deterministic so HMC stays
+    # exact for the node it samples)
+    Setting("pink_clip_jitter_t01", reference="pink", temperature=0.1, clip=True, jitter=JITTER4, step_size=0.01,
+            leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=200),
+    # ... colder, with a longer warm start: the prior's pull towards noise is 5x weaker
+    Setting("pink_clip_jitter_t002", reference="pink", temperature=0.02, clip=True, jitter=JITTER4, step_size=0.01,
+            leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=400),
+    Setting("ascent", method="ascent", reference="white", step_size=0.02, iters=600,
+            note="pixels from white noise, RMS-normalised steps of 0.02"),
+    Setting("lucent", method="lucent", iters=512, chains=1,
+            note="torch-lucent 0.1.8: param.image(224) fft + decorrelate, Adam 0.05, standard_transforms, 512 steps"),
+    Setting("maco", method="maco", iters=128, chains=1,
+            note="horama 0.3.0 maco(): 512-px buffer, 6 crops/step, NAdam 1.0, 128 steps; spectrum fitted here"),
+]}
+
+
+def load_imagenet(name: str, weights_dir: Path):
+    spec, file, kwargs, norm = IMAGENET_MODELS[name]
+    mean, std = norm if norm else (None, None)
+    model, info = create_model(spec, weights=weights_dir / file, mean=mean, std=std, **kwargs)
+    return model.eval().requires_grad_(False), info
+
+
+def judge_ranks(judge: nn.Module, jinfo, pix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rank of the target class in the judge's logits (0 = top-1) for pixel images in [0, 1]."""
+    with torch.no_grad():
+        logits = judge(from_pixels(pix, jinfo))
+    return (logits > logits.gather(1, targets.view(-1, 1))).sum(1)
+
+
+def lucent_images(model: nn.Module, info, classes: list[int], steps: int, seed: int) -> torch.Tensor:
+    """lucent's render_vis recipe, one image per class in one batch: its own parameterisation (param.image: FFT
+    spectrum with 1/f scaling, decorrelated colour, sigmoid), Adam lr 0.05, transform.standard_transforms (pad 12,
+    jitter 8, scale 0.95-1.05, rotate -10..10 deg, jitter 4), maximising the class logit. lucent's own
+    ``transform.normalize()`` is ImageNet's; the model's own mean/std is applied instead (MobileNetV2 uses 0.5)."""
+    from lucent.optvis import param, transform
+
+    torch.manual_seed(seed)
+    import numpy as np
+
+    np.random.seed(seed)
+    params, image_f = param.image(224, batch=len(classes))
+    opt = torch.optim.Adam(params, lr=5e-2)
+    tf = transform.compose(transform.standard_transforms)
+    idx = torch.tensor(classes)
+    rows = torch.arange(len(classes))
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = model(from_pixels(tf(image_f()), info))
+        (-logits[rows, idx].sum()).backward()
+        opt.step()
+    return image_f().detach()
+
+
+def maco_images(model: nn.Module, info, classes: list[int], steps: int, seed: int, size: int = 512) -> torch.Tensor:
+    """horama's maco() (Fel et al. 2023): phase optimised, magnitude fixed to a natural-image template, 6 random
+    crops per step, NAdam lr 1.0. horama downloads its ImageNet magnitude template; offline we fit the template the
+    same way (mean amplitude spectrum of decorrelated images) from the shared photos and place it where horama
+    looks (spectrum_decorrelated.npy in the working directory). Crops are in horama's values_range (-2.5, 2.5),
+    which it treats as the model's normalised input; the image is mapped back to pixels with the model's mean/std."""
+    import os
+
+    import numpy as np
+    from horama import maco
+
+    here = Path.cwd()
+    work = REPO / "runs" / "legibility" / "maco"
+    work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)
+    try:
+        if not Path("spectrum_decorrelated.npy").is_file():
+            np.save("spectrum_decorrelated.npy", maco_template(size).numpy())
+        images = []
+        for c in classes:
+            torch.manual_seed(seed + c)
+            img, _ = maco(lambda x, c=c: model(x)[:, c].mean(), total_steps=steps, image_size=size,
+                          model_input_size=224, device="cpu")
+            images.append(img.detach())
+    finally:
+        os.chdir(here)
+    x = torch.stack(images)  # (N, 3, size, size) in the model's normalised space
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    return to_pixels(x, info)
+
+
+def maco_template(size: int) -> torch.Tensor:
+    """MACO's magnitude template: the mean |rfft2| of colour-decorrelated photos (horama's SVD-sqrt colour basis,
+    inverted), resized to size x (size // 2 + 1) by horama itself; here from the shared photos' 224-px crops."""
+    from horama.common import get_color_correlation_svd_sqrt
+
+    crops = photo_crops(Path(_data_dir(argparse.Namespace(data_dir=None))) / "images")
+    m = get_color_correlation_svd_sqrt("cpu")
+    flat = (crops - crops.mean((2, 3), keepdim=True)).permute(0, 2, 3, 1) @ torch.linalg.inv(m)
+    dec = flat.permute(0, 3, 1, 2)
+    return torch.fft.rfft2(dec).abs().mean(0)
+
+
+def cmd_imagenet(args: argparse.Namespace) -> None:
+    """Sample class nodes of one network with each setting, class by class (4 chains per class by default); judge
+    with the other network; convergence per class; wall and CPU time per class."""
+    torch.set_num_threads(args.threads)
+    wdir = Path(args.weights_dir)
+    model, info = load_imagenet(args.model, wdir)
+    judge_name = JUDGE_OF[args.model]
+    judge, jinfo = load_imagenet(judge_name, wdir)
+    classes = args.classes or IMAGENET_CLASSES
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cache = REPO / "runs" / "legibility" / "imagenet"
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in args.settings:
+        st = IMAGENET_SETTINGS[name]
+        if name == "paper":
+            st = replace(st, iters=args.paper_iters)
+        if st.method in ("hmc", "ascent"):
+            st = replace(st, chains=args.chains if name != "paper" else args.paper_chains)
+        path = RESULTS / f"imagenet_{args.model}_{name}.json"
+        rec = json.loads(path.read_text()) if path.exists() and not args.fresh else None
+        if rec is None or rec.get("setting") != asdict(st):
+            rec = {"benchmark": "imagenet", "model": args.model, "judge": judge_name, "setting": asdict(st),
+                   "label": st.label(), "classes": {}}
+        t_all = time.perf_counter()
+        if st.method in ("lucent", "maco"):
+            todo = [c for c in classes if str(c) not in rec["classes"]]
+            if todo:
+                t0, c0 = time.perf_counter(), time.process_time()
+                pix = (lucent_images(model, info, todo, st.iters, args.seed) if st.method == "lucent" else
+                       maco_images(model, info, todo, st.iters, args.seed))
+                secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+                ranks = judge_ranks(judge, jinfo, pix, torch.tensor(todo))
+                own = judge_ranks(model, info, pix, torch.tensor(todo))
+                for i, c in enumerate(todo):
+                    torch.save((pix[i:i + 1] * 255).round().to(torch.uint8), cache / f"{args.model}_{name}_{c}.pt")
+                    rec["classes"][str(c)] = {"ranks": [int(ranks[i])], "own_ranks": [int(own[i])],
+                                              "seconds": secs / len(todo), "cpu_seconds": cpu / len(todo),
+                                              "grad_evals_per_chain": st.iters * (6 if st.method == "maco" else 1)}
+        else:
+            for c in classes:
+                if str(c) in rec["classes"]:
+                    continue
+                c0 = time.process_time()
+                out = draw(model, info, [f"logits:{c}"], st, args.seed + c)
+                cpu = time.process_time() - c0
+                pix = to_pixels(out["x"], info)
+                t = torch.full((pix.shape[0],), c)
+                r = {"ranks": judge_ranks(judge, jinfo, pix, t).tolist(),
+                     "own_ranks": judge_ranks(model, info, pix, t).tolist(),
+                     "seconds": out["seconds"], "cpu_seconds": cpu, "accept": out["accept"], "step": out.get("step"),
+                     "grad_evals_per_chain": out["grad_evals_per_chain"]}
+                if out.get("scores") is not None:
+                    r["convergence"] = convergence(out["scores"], out["projections"], st.chains, out["warmup"])
+                    r["final_scores"] = out["scores"][-1].tolist()
+                    mean_x = out.get("mean_x")
+                    if mean_x is not None:
+                        r["mean_ranks"] = judge_ranks(judge, jinfo, to_pixels(mean_x, info), t).tolist()
+                torch.save((pix * 255).round().to(torch.uint8), cache / f"{args.model}_{name}_{c}.pt")
+                rec["classes"][str(c)] = r
+                path.write_text(json.dumps(rec, indent=1) + "\n")
+                print(f"{args.model} {name} class {c}: judge ranks {r['ranks']}, own {r['own_ranks']}, "
+                      f"{r['seconds']:.0f} s (cpu {cpu:.0f} s), R-hat "
+                      f"{r.get('convergence', {}).get('rhat_max', float('nan')):.3f}", flush=True)
+        rec.update(_meta(args, args.threads))
+        rec["seconds_this_invocation"] = time.perf_counter() - t_all
+        summarize_imagenet(rec, classes)
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+        imagenet_grid(args.model, name, classes, cache, st.chains)
+        a = rec["summary"]
+        print(f"{args.model} {name}: top-1 {a['top1']['p']:.3f} top-5 {a['top5']['p']:.3f} (n {a['top5']['n']}), "
+              f"{a['seconds_per_class_median']:.0f} s per class", flush=True)
+
+
+def summarize_imagenet(rec: dict, classes: list[int]) -> None:
+    done = [c for c in classes if str(c) in rec["classes"]]
+    ranks, groups = [], []
+    for c in done:
+        for r in rec["classes"][str(c)]["ranks"]:
+            ranks.append(r)
+            groups.append(c)
+    ranks_t, groups_t = torch.tensor(ranks), torch.tensor(groups)
+    secs = sorted(rec["classes"][str(c)]["seconds"] for c in done)
+    cpu = sorted(rec["classes"][str(c)]["cpu_seconds"] for c in done)
+    summ = {"classes": len(done), "top1": proportion(ranks_t < 1, groups_t),
+            "top5": proportion(ranks_t < 5, groups_t),
+            "seconds_per_class_median": secs[len(secs) // 2] if secs else float("nan"),
+            "seconds_per_class_max": secs[-1] if secs else float("nan"),
+            "cpu_seconds_per_class_median": cpu[len(cpu) // 2] if cpu else float("nan")}
+    own = torch.tensor([r for c in done for r in rec["classes"][str(c)]["own_ranks"]])
+    summ["own_top1"] = float((own < 1).float().mean()) if own.numel() else float("nan")
+    conv = [rec["classes"][str(c)].get("convergence") for c in done]
+    conv = [v for v in conv if v]
+    if conv:
+        rh = sorted(v["rhat_max"] for v in conv)
+        summ["rhat_max"] = rh[-1]
+        summ["rhat_median"] = rh[len(rh) // 2]
+        summ["nodes_rhat_le_1.05"] = sum(v <= 1.05 for v in rh)
+        summ["ess_bulk_min"] = min(v["ess_bulk_min"] for v in conv)
+        acc = [rec["classes"][str(c)]["accept"] for c in done]
+        summ["accept_mean"] = sum(acc) / len(acc)
+    means = [r for c in done for r in rec["classes"][str(c)].get("mean_ranks", [])]
+    if means:
+        summ["mean_display_top5"] = float((torch.tensor(means) < 5).float().mean())
+    rec["summary"] = summ
+
+
+def imagenet_grid(model: str, setting: str, classes: list[int], cache: Path, chains: int, size: int = 112) -> None:
+    """All classes of a setting, one row per class (its chains side by side), at ``size`` px."""
+    import torchvision.utils as vutils
+
+    rows = []
+    for c in classes:
+        f = cache / f"{model}_{setting}_{c}.pt"
+        if f.is_file():
+            rows.append(torch.load(f, weights_only=True).float() / 255)
+    if not rows:
+        return
+    pix = torch.cat(rows)
+    pix = F.interpolate(pix, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    n = max(1, min(chains, pix.shape[0]))
+    nrow = n if n > 1 else 5
+    vutils.save_image(vutils.make_grid(pix, nrow=nrow, padding=2, pad_value=1.0),
+                      str(IMAGES / f"legibility_imagenet_{model}_{setting}.png"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------------------------
+
+DIGIT_TARGETS = {"agreement": 0.97, "over_control": 0.50, "diversity": 0.5, "rhat": 1.05}
+IMAGENET_TOP5_TARGET = 0.60
+
+
+def _ci(p: dict) -> str:
+    lo, hi = _bounds(p)
+    return f"{100 * p['p']:.1f}% ({100 * lo:.1f}-{100 * hi:.1f}), {p['k']}/{p['n']}"
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    if v is None or v != v:
+        return "-"
+    return "inf" if v > 1e300 else format(v, fmt)
+
+
+def _bounds(p: dict) -> tuple[float, float]:
+    """The wider of the Wilson interval (samples independent) and the class bootstrap (classes independent): the
+    chains of one class are correlated, and the bootstrap alone collapses to [1, 1] when every sample agrees."""
+    return min(p["wilson"][0], p["boot"][0]), max(p["wilson"][1], p["boot"][1])
+
+
+def _decide(lo: float, hi: float, target: float) -> str:
+    """met: the interval clears the target; not met: it lies below; undecided: it contains the target (at this n)."""
+    return "met" if lo >= target else ("not met" if hi < target else "undecided")
+
+
+def _digit_verdict(r: dict) -> str:
+    """Each digit target, decided by its interval: agreement >= 97%; agreement minus control >= 50 points (lower
+    bound of agreement minus upper bound of control, and the reverse); diversity and R-hat as measured."""
+    a, c = _bounds(r["judge_agreement"]), _bounds(r["control"]["judge"])
+    conv = r.get("convergence") or {}
+    rhat = conv.get("rhat_max", float("nan"))
+    parts = {"agreement": _decide(*a, DIGIT_TARGETS["agreement"]),
+             "+50 over control": _decide(a[0] - c[1], a[1] - c[0], DIGIT_TARGETS["over_control"]),
+             "diversity": "met" if r["diversity"] >= DIGIT_TARGETS["diversity"] else "not met",
+             "R-hat": ("n/a (not a sampler)" if not conv else
+                       "met" if rhat == rhat and rhat <= DIGIT_TARGETS["rhat"] else "not met")}
+    return "; ".join(f"{k} {v}" for k, v in parts.items())
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """docs/results/legibility.md from every JSON record in docs/results/legibility/ (and NOTE.md beside them)."""
+    recs = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
+    lines = ["# Legibility of generative-visualization samples", "",
+             "Generated by `python benchmarks/legibility.py report` from the JSON records in "
+             "[legibility/](legibility/) (one per dataset or model and setting; each holds its command, device, "
+             "torch version and date). Pictures are judged as an image file holds them (x * std + mean clipped "
+             "to [0, 1]) by a network that never saw the sampled one. Intervals are 95%: Wilson for proportions "
+             "(samples treated as independent) and, in the JSON, a bootstrap over classes.", ""]
+    for dataset in ("mnist", "fashion-mnist"):
+        rows = [r for r in recs if r.get("benchmark") == "digits" and r["dataset"] == dataset]
+        if not rows:
+            continue
+        r0 = rows[0]
+        acc = r0["judge"].get("accuracy") or {}
+        lines += [f"## {dataset}: class nodes logits:0-9 of a LeNet", "",
+                  f"Sampled: `{r0['sampled']['model']}` (test error {_num(r0['sampled'].get('test_error'), '.4f')}). "
+                  f"Judge: `{r0['judge']['model']}` trained here with reference noise added (clean accuracy "
+                  f"{_num(acc.get('clean'), '.4f')}, with noise of 0.5 / 1 x the data's std "
+                  f"{_num(acc.get('noise_0.5'), '.4f')} / {_num(acc.get('noise_1'), '.4f')}). Control: the judge on "
+                  "the setting's reference noise nudged towards each class by the LeNet's gradient (L2 radius "
+                  f"{100 * r0['control']['l2_budget']:g}% of the noise's, {r0['control']['per_class']} per class). "
+                  "Diversity: mean within-class pairwise distance of the samples over that of real test images of "
+                  "the class. R-hat: rank-normalised split R-hat of f_y and of random projections of x after the "
+                  "warm-up, worst node (nodes <= 1.05 of 10). Targets: agreement >= 97% and >= 50 points over the "
+                  "control, each decided by the wider of the Wilson and the class-bootstrap 95% intervals (met, "
+                  "not met, or undecided at this n); diversity >= 0.5; R-hat <= 1.05. Rows are sorted by agreement. "
+                  "A running mean (display mean) is an average, not a sample: its diversity is not comparable.", "",
+                  "| setting | judge agreement (95% interval), k/n | control | diversity | R-hat max (nodes ok) "
+                  "| accept | LeNet agrees | wall s | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: -r["judge_agreement"]["p"]):
+            conv = r.get("convergence") or {}
+            nodes = f" ({conv['nodes_rhat_le_1.05']}/{conv['nodes']})" if "nodes" in conv else ""
+            lines.append(f"| `{r['setting']['name']}`: {r['label']} | {_ci(r['judge_agreement'])} | "
+                         f"{100 * r['control']['judge']['p']:.1f}% | {r['diversity']:.2f} | "
+                         f"{_num(conv.get('rhat_max'))}{nodes} | {_num(r['accept'], '.2f')} | "
+                         f"{100 * r['lenet_agreement']:.0f}% | {r['seconds']:.0f} | {_digit_verdict(r)} |")
+        lines.append("")
+        for r in sorted(rows, key=lambda r: -r["judge_agreement"]["p"]):
+            if r.get("grid") and r["setting"]["name"] in args.show:
+                lines += [f"`{r['setting']['name']}` ({r['label']}), rows 0-9, one column per chain:", "",
+                          f"![{dataset} {r['setting']['name']}](../images/{Path(r['grid']).name})", ""]
+    rows = [r for r in recs if r.get("benchmark") == "imagenet" and r.get("classes")]
+    for r in rows:  # recomputed: records grow class by class, the stored summary is the last invocation's
+        summarize_imagenet(r, [int(c) for c in r["classes"]])
+    if rows:
+        lines += ["## ImageNet: class nodes judged by the other network", "",
+                  f"Top-1 / top-5: the judge's rank of the sampled class; target top-5 >= "
+                  f"{100 * IMAGENET_TOP5_TARGET:.0f}%, decided by the wider of the Wilson and class-bootstrap "
+                  "intervals. Own top-1: the sampled network's. Seconds per class: all its chains, median wall time "
+                  "on this CPU.", "",
+                  "| sampled -> judge | setting | classes | top-1 | top-5 (95% interval), k/n | own top-1 | R-hat max "
+                  "(nodes ok) | s per class | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["model"], -r["summary"]["top5"]["p"])):
+            sm = r["summary"]
+            verdict = _decide(*_bounds(sm["top5"]), IMAGENET_TOP5_TARGET)
+            nodes = f" ({sm['nodes_rhat_le_1.05']}/{sm['classes']})" if "nodes_rhat_le_1.05" in sm else ""
+            lines.append(f"| {r['model']} -> {r['judge']} | `{r['setting']['name']}`: {r['label']} | {sm['classes']} "
+                         f"| {100 * sm['top1']['p']:.1f}% | {_ci(sm['top5'])} | {100 * sm['own_top1']:.0f}% | "
+                         f"{_num(sm.get('rhat_max'))}{nodes} | {sm['seconds_per_class_median']:.0f} | "
+                         f"{verdict} |")
+        lines.append("")
+        for r in sorted(rows, key=lambda r: (r["model"], -r["summary"]["top5"]["p"])):
+            img = IMAGES / f"legibility_imagenet_{r['model']}_{r['setting']['name']}.png"
+            if img.is_file() and r["setting"]["name"] in args.show:
+                lines += [f"{r['model']}, `{r['setting']['name']}` ({r['label']}), one row per class:", "",
+                          f"![{r['model']} {r['setting']['name']}](../images/{img.name})", ""]
+    note = RESULTS / "NOTE.md"
+    if note.is_file():
+        lines += [note.read_text().rstrip(), ""]
+    out = RESULTS.parent / "legibility.md"
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit-references", help="fit zoo_configs/references/*.yaml")
+    f.add_argument("--data-dir", default=None)
+    f.add_argument("--fit-images", type=int, default=20000)
+    f.add_argument("--pca-k", type=int, default=64)
+    j = sub.add_parser("train-judge", help="train a noise-robust judge for digits")
+    j.add_argument("--dataset", choices=list(DATASET_FILES), default="mnist")
+    j.add_argument("--data-dir", default=None)
+    j.add_argument("--epochs", type=int, default=4)
+    j.add_argument("--batch", type=int, default=128)
+    j.add_argument("--lr", type=float, default=3e-3)
+    j.add_argument("--noise-prob", type=float, default=0.5)
+    j.add_argument("--noise-max", type=float, default=1.5)
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--threads", type=int, default=1)
+    j.add_argument("--out", default=None)
+    d = sub.add_parser("digits", help="LeNet class samples judged by the noise-robust judge")
+    d.add_argument("--dataset", choices=list(DATASET_FILES), default="mnist")
+    d.add_argument("--lenet", default=None, help="default runs/lenet_dg25 (mnist), runs/lenet_fashion_dg25")
+    d.add_argument("--judge", default=None)
+    d.add_argument("--settings", nargs="+", default=list(DIGIT_SETTINGS), choices=list(DIGIT_SETTINGS))
+    d.add_argument("--chains", type=int, default=4)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--control-per-class", type=int, default=50)
+    d.add_argument("--control-budget", type=float, default=0.03, help="L2 radius / the noise's L2 deviation")
+    d.add_argument("--real-per-class", type=int, default=200)
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--threads", type=int, default=2)
+    m = sub.add_parser("imagenet", help="ImageNet class samples judged by the other network")
+    m.add_argument("--model", choices=list(IMAGENET_MODELS), default="squeezenet1_1")
+    m.add_argument("--settings", nargs="+", default=list(IMAGENET_SETTINGS), choices=list(IMAGENET_SETTINGS))
+    m.add_argument("--classes", type=int, nargs="+", default=None)
+    m.add_argument("--chains", type=int, default=4)
+    m.add_argument("--paper-iters", type=int, default=4)
+    m.add_argument("--paper-chains", type=int, default=2)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--fresh", action="store_true", help="ignore classes already recorded")
+    m.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"))
+    m.add_argument("--threads", type=int, default=2)
+    r = sub.add_parser("report", help="render docs/results/legibility.md from the records")
+    r.add_argument("--show", nargs="+", default=["paper", "pca_t1", "pca_t1_mean", "pink_clip_jitter_t01", "lucent"],
+                   help="settings whose pictures the report shows")
+    args = p.parse_args(argv)
+    if args.cmd == "digits" and args.lenet is None:
+        args.lenet = str(REPO / "runs" / ("lenet_dg25" if args.dataset == "mnist" else "lenet_fashion_dg25"))
+    {"fit-references": cmd_fit_references, "train-judge": cmd_train_judge, "digits": cmd_digits,
+     "imagenet": cmd_imagenet, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
