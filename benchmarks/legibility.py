@@ -561,6 +561,10 @@ def save_digit_grid(pix: torch.Tensor, chains: int, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 IMAGENET_CLASSES = [1, 22, 130, 145, 207, 281, 292, 301, 323, 340, 388, 417, 555, 607, 779, 920, 949, 951, 963, 967]
+IMAGENET_NAMES = dict(zip(IMAGENET_CLASSES, [
+    "goldfish", "bald eagle", "flamingo", "king penguin", "golden retriever", "tabby", "tiger", "ladybug", "monarch",
+    "zebra", "giant panda", "balloon", "fire engine", "jack-o'-lantern", "school bus", "traffic light", "strawberry",
+    "lemon", "pizza", "espresso"]))
 # goldfish, bald eagle, flamingo, king penguin, golden retriever, tabby, tiger, ladybug, monarch, zebra, giant panda,
 # balloon, fire engine, jack-o'-lantern, school bus, traffic light, strawberry, lemon, pizza, espresso
 IMAGENET_MODELS = {
@@ -795,7 +799,7 @@ def imagenet_grid(model: str, setting: str, classes: list[int], cache: Path, cha
     pix = torch.cat(rows)
     pix = F.interpolate(pix, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     n = max(1, min(chains, pix.shape[0]))
-    nrow = n if n > 1 else 5
+    nrow = n * max(1, 10 // n)  # 10 images a row: a class's chains side by side, 5 (or 10) classes a row
     vutils.save_image(vutils.make_grid(pix, nrow=nrow, padding=2, pad_value=1.0),
                       str(IMAGES / f"legibility_imagenet_{model}_{setting}.png"))
 
@@ -852,7 +856,8 @@ def cmd_report(args: argparse.Namespace) -> None:
              "[legibility/](legibility/) (one per dataset or model and setting; each holds its command, device, "
              "torch version and date). Pictures are judged as an image file holds them (x * std + mean clipped "
              "to [0, 1]) by a network that never saw the sampled one. Intervals are 95%: Wilson for proportions "
-             "(samples treated as independent) and, in the JSON, a bootstrap over classes.", ""]
+             "(samples treated as independent) and a bootstrap over classes (classes independent); tables show "
+             "the wider of the two.", ""]
     for dataset in ("mnist", "fashion-mnist"):
         rows = [r for r in recs if r.get("benchmark") == "digits" and r["dataset"] == dataset]
         if not rows:
@@ -889,6 +894,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     rows = [r for r in recs if r.get("benchmark") == "imagenet" and r.get("classes")]
     for r in rows:  # recomputed: records grow class by class, the stored summary is the last invocation's
         summarize_imagenet(r, [int(c) for c in r["classes"]])
+        cache = REPO / "runs" / "legibility" / "imagenet"
+        if cache.is_dir():  # the samples of this machine's runs: redraw the grid (class order as recorded)
+            imagenet_grid(r["model"], r["setting"]["name"], [int(c) for c in r["classes"]], cache,
+                          r["setting"]["chains"])
     if rows:
         lines += ["## ImageNet: class nodes judged by the other network", "",
                   f"Top-1 / top-5: the judge's rank of the sampled class; target top-5 >= "
@@ -909,7 +918,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         for r in sorted(rows, key=lambda r: (r["model"], -r["summary"]["top5"]["p"])):
             img = IMAGES / f"legibility_imagenet_{r['model']}_{r['setting']['name']}.png"
             if img.is_file() and r["setting"]["name"] in args.show:
-                lines += [f"{r['model']}, `{r['setting']['name']}` ({r['label']}), one row per class:", "",
+                order = ", ".join(IMAGENET_NAMES.get(int(c), c) for c in r["classes"])
+                per = f"{r['setting']['chains']} chains of a class side by side, " if r["setting"]["chains"] > 1 else ""
+                lines += [f"{r['model']}, `{r['setting']['name']}` ({r['label']}); {per}classes in reading order: "
+                          f"{order}:", "",
                           f"![{r['model']} {r['setting']['name']}](../images/{img.name})", ""]
     note = RESULTS / "NOTE.md"
     if note.is_file():
@@ -965,7 +977,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"))
     m.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("report", help="render docs/results/legibility.md from the records")
-    r.add_argument("--show", nargs="+", default=["paper", "pca_t1", "pca_t1_mean", "pink_clip_jitter_t01", "lucent"],
+    shown = ["paper", "pca_t1_long", "pca_t1", "pca_t1_mean", "pink_clip_jitter_t01", "lucent", "maco"]
+    r.add_argument("--show", nargs="+", default=shown,
                    help="settings whose pictures the report shows")
     args = p.parse_args(argv)
     if args.cmd == "digits" and args.lenet is None:

@@ -246,7 +246,7 @@ def hmc_sample(
 
 
 def summarize(result: HMCResult, warmup: int = 0, groups: int = 1) -> dict:
-    """Acceptance, energy error, speed, and ESS / split R-hat of f_y across chains (after warm-up).
+    """Acceptance, speed, and (after warm-up) the energy error and ESS / split R-hat of f_y across chains.
 
     With ``groups`` > 1 the chains are that many equal consecutive groups sampling different targets (one node
     each); ESS and R-hat are computed within each group and the worst group is reported.
@@ -254,7 +254,8 @@ def summarize(result: HMCResult, warmup: int = 0, groups: int = 1) -> dict:
     tr = result.trace
     kept = tr["score"][warmup:] if result.iters_done > warmup else tr["score"]
     per_group = kept.chunk(groups, dim=1) if kept.numel() and kept.shape[1] % groups == 0 else (kept,)
-    finite_dh = tr["energy_error"][torch.isfinite(tr["energy_error"])]
+    dh = tr["energy_error"][warmup:] if result.iters_done > warmup else tr["energy_error"]  # adaptation's trial
+    finite_dh = dh[torch.isfinite(dh)]  # steps can overshoot by many orders: they are not the sampler's error
     b = int(result.x.shape[0])
     return {
         "iters": result.iters_done, "chains": b,

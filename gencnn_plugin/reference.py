@@ -34,6 +34,7 @@ Kinds (:func:`make_reference`):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -196,16 +197,28 @@ def save_reference_data(data: dict[str, Any], path: str | Path, comment: str = "
 
 
 def load_reference_data(name_or_path: str | Path) -> dict[str, Any]:
-    """A reference data file by name (zoo_configs/references/NAME.yaml) or path, validated."""
-    import yaml
+    """A reference data file by name (zoo_configs/references/NAME.yaml) or path, validated.
 
+    Parsed once per file version and shared (treat it as read-only): a PCA file is ~0.5 MB of YAML, and parsing it
+    holds the GIL for about a second, which would freeze the desktop app's window if repeated on every run."""
     path = Path(name_or_path)
     if not path.is_file():
         path = REFERENCE_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in REFERENCE_DIR.glob("*.yaml")) if REFERENCE_DIR.is_dir() else []
         raise FileNotFoundError(f"no reference data {str(name_or_path)!r} (known: {', '.join(known) or 'none'})")
-    return _check_data(yaml.safe_load(path.read_text()), str(path))
+    st = path.stat()
+    return _parsed_data(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_data(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """yaml.safe_load semantics with libyaml's parser where PyYAML has it (2-3x faster), validated."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path, encoding="utf-8") as f:
+        return _check_data(yaml.load(f, Loader=loader), path)  # a safe loader (no tags, no objects)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                                  sums.new_full((), y.shape[0])])  # new_tensor would copy from the host and sync
         steps += 1
         if progress is not None and not progress.quiet and (step + 1) % interval == 0:
-            progress.update(step + 1, loss=float(loss))  # reads the loss: a sync every `interval` steps only
+            progress.update(step + 1, loss=float(loss.detach()))  # reads the loss: a sync every `interval` steps only
     gg, dg, errors, n = sums.tolist()
     bad = (~torch.isfinite(losses[:steps])).nonzero()
     return {"gg_loss": gg / max(steps, 1), "dg_loss": dg / max(steps, 1), "train_error": errors / max(n, 1),

@@ -41,6 +41,7 @@ from gencnn_plugin.checkpoint import open_model
 from gencnn_plugin.config import HMC_PRESET_DIR, list_configs
 from gencnn_plugin.hmc import HMCConfig
 from gencnn_plugin.nodes import LOGITS, LayerInfo, Node, NodeError, check_node, list_layers
+from gencnn_plugin.reference import make_reference
 from gencnn_plugin.visualize import (
     RHAT_OK,
     SampleRun,
@@ -361,6 +362,15 @@ class MainWindow(QMainWindow):
                     self.form.set_value(key, s.value(f"{group}sampler/{key}"))
                 except (TypeError, ValueError, OverflowError):
                     pass
+        self._warm_reference()
+
+    def _warm_reference(self) -> None:
+        """Read the reference's data file now, while opening a model, so a run never stalls the window parsing it
+        (the parsed file is cached); a reference that cannot load is reported when Run is pressed."""
+        try:
+            make_reference(self.form.values(strict=False).get("reference", "white"), self.info)
+        except (ValueError, OSError, TypeError):
+            pass
 
     def recent(self) -> list[tuple[str, str | None]]:
         """Recently opened (source, weights), newest first: absolute paths for files, specs as typed; stored as JSON

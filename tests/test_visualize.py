@@ -48,7 +48,7 @@ def test_the_default_preset_suits_the_input_and_every_default_loads():
     for name in DEFAULT_PRESETS.values():
         load_preset(name)
     legible = load_preset("mnist_legible")
-    assert (legible.reference, legible.temperature, legible.adapt_steps) == ("pca", 1.0, 50)
+    assert (legible.reference, legible.temperature, legible.iters, legible.adapt_steps) == ("pca", 1.0, 1500, 100)
 
 
 def test_grid_and_npz(tmp_path):
