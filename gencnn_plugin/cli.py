@@ -12,6 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+if "torch" not in sys.modules:  # OpenMP reads its wait policy once, when torch loads; spinning threads that share a
+    # core with any other process slow everything 6-15x, passive ones cost 0-41% on an idle machine
+    # (docs/results/threads.md); a value the user set wins
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import yaml
 
 from .config import HMC_PRESET_DIR, ConfigError, TrainConfig, list_configs

@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+if "torch" not in sys.modules:  # as the CLI: OpenMP threads that wait passively (docs/results/threads.md)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __all__ = ["main", "platform_hint"]
 
 # the shared libraries Qt's xcb platform plugin loads, and the Debian/Ubuntu packages that hold them

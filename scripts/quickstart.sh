@@ -9,9 +9,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 export PATH="$PWD/.venv/bin:$PATH"
 export GENCNN_DATA=${GENCNN_DATA:-../shared/data}
-# One thread per process unless told otherwise: these small models gain little from a second thread, and with the
-# default OpenMP spinning a second thread that shares a core with anything else slows sampling several-fold
-# (measured here: 40 chains at 5.9 iterations/s with 1 thread beside 3 busy processes, 1.1-4.6/s with 2 beside 1-2).
+# One thread per process unless told otherwise: the setting the README's time was measured with; it never collapses
+# on a busy machine (docs/results/threads.md; gencnn's own default, 2 passive threads here, is also safe there).
 export GENCNN_THREADS=${GENCNN_THREADS:-1}
 OUT=${OUT:-runs/quickstart}
 EPOCHS=${EPOCHS:-2}

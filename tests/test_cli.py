@@ -62,3 +62,19 @@ def test_module_entry_point_and_console_script():
     assert out.returncode == 0 and out.stdout.strip() == f"gencnn {__version__}"
     out = subprocess.run([str(script), "sample", "lenet", "--node", "conv9:1"], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("gencnn sample: error: no layer 'conv9'")
+
+
+def test_the_cli_makes_openmp_threads_wait_passively_unless_told():
+    """docs/results/threads.md: spinning OpenMP threads collapse on a busy machine; the policy must be set before
+    torch loads, so it is checked in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, gencnn_plugin.cli, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
