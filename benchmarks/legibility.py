@@ -384,15 +384,11 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
         out.update(x=x, seconds=time.perf_counter() - t0, grad_evals_per_chain=setting.iters,
                    scores=None, projections=None, accept=None)
         return out
-    if setting.warm_opt:
-        z = z0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=setting.warm_lr)
-        for _ in range(setting.warm_opt):
-            opt.zero_grad()
-            u = (-score(ref.to_x(z)) / setting.temperature + z.pow(2).flatten(1).sum(1) / 2).sum()
-            u.backward()
-            opt.step()
-        z0 = z.detach()
+    if setting.warm_opt:  # the library's warm start: Adam on U(z) = -f / T + |z|^2 / 2
+        from gencnn_plugin.visualize import warm_start
+
+        z0 = warm_start(score, ref, z0, HMCConfig(temperature=setting.temperature, warm_start=setting.warm_opt),
+                        lr=setting.warm_lr)
     cfg = HMCConfig(iters=setting.iters, leapfrog_steps=setting.leapfrog_steps, step_size=setting.step_size,
                     mass=setting.mass, sigma=1.0, chains=setting.chains, seed=seed, adapt_steps=setting.adapt_steps,
                     target_accept=setting.target_accept, temperature=setting.temperature)
