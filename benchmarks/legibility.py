@@ -255,13 +255,17 @@ class Setting:
     jitter: list = field(default_factory=list)
     warm_opt: int = 0
     warm_lr: float = 0.05
+    warm_augment: bool = False
+    scales: list = field(default_factory=list)
     note: str = ""
 
     def label(self) -> str:
         if self.method != "hmc":
             return f"{self.method}" + (f" ({self.note})" if self.note else "")
         extra = (", clip" if self.clip else "") + (f", jitter {len(self.jitter)}" if self.jitter else "") + \
-            (f", warm Adam {self.warm_opt}" if self.warm_opt else "")
+            (f" x zoom {'/'.join(f'{z:g}' for z in self.scales)}" if self.scales else "") + \
+            (f", warm Adam {self.warm_opt}" if self.warm_opt else "") + \
+            (" (random shift/zoom/rotation)" if self.warm_augment else "")
         return (f"{self.reference} s={self.sigma:g} T={self.temperature:g}; eps {self.step_size:g} L "
                 f"{self.leapfrog_steps} m {self.mass:g} iters {self.iters} (adapt {self.adapt_steps}){extra}; "
                 f"{self.display}")
@@ -351,8 +355,8 @@ def build_score(model: nn.Module, info, nodes: list[str], setting: Setting) -> n
     from gencnn_plugin.reference import PixelClippedScore, TransformAveragedScore
 
     score = node_score(model, info, nodes)
-    if setting.jitter:
-        score = TransformAveragedScore(score, [tuple(s) for s in setting.jitter])
+    if setting.jitter or setting.scales:
+        score = TransformAveragedScore(score, [tuple(s) for s in setting.jitter] or None, setting.scales or None)
     if setting.clip:
         score = PixelClippedScore(score, info)
     return score
@@ -384,11 +388,18 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
         out.update(x=x, seconds=time.perf_counter() - t0, grad_evals_per_chain=setting.iters,
                    scores=None, projections=None, accept=None)
         return out
+    warm_evals = setting.warm_opt * max(1, len(setting.jitter)) * max(1, len(setting.scales))
     if setting.warm_opt:  # the library's warm start: Adam on U(z) = -f / T + |z|^2 / 2
         from gencnn_plugin.visualize import warm_start
 
-        z0 = warm_start(score, ref, z0, HMCConfig(temperature=setting.temperature, warm_start=setting.warm_opt),
-                        lr=setting.warm_lr)
+        warm_fn = score
+        if setting.warm_augment:  # random transforms replace the fixed average (visualize.warm_view)
+            warm_fn = build_score(model, info, nodes, replace(setting, jitter=[], scales=[]))
+            warm_evals = setting.warm_opt
+        z0 = warm_start(warm_fn, ref, z0, HMCConfig(temperature=setting.temperature, warm_start=setting.warm_opt,
+                                                    warm_augment=setting.warm_augment, seed=seed), lr=setting.warm_lr)
+        with torch.no_grad():
+            out["warm_x"] = ref.to_x(z0)
     cfg = HMCConfig(iters=setting.iters, leapfrog_steps=setting.leapfrog_steps, step_size=setting.step_size,
                     mass=setting.mass, sigma=1.0, chains=setting.chains, seed=seed, adapt_steps=setting.adapt_steps,
                     target_accept=setting.target_accept, temperature=setting.temperature)
@@ -403,7 +414,8 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
     out.update(x=x, last=run.x, mean_x=run.mean_x, seconds=seconds, scores=res.trace["score"],
                projections=run.projections,
                accept=float(acc.mean()), step=float(res.trace["step_size"][-1].mean()), warmup=warm,
-               grad_evals_per_chain=(setting.warm_opt + res.grad_evals) * max(1, len(setting.jitter)),
+               grad_evals_per_chain=warm_evals + res.grad_evals * max(1, len(setting.jitter)) *
+               max(1, len(setting.scales)),
                mean_abs_energy_error=res.summary["mean_abs_energy_error"])
     return out
 
@@ -585,6 +597,17 @@ IMAGENET_SETTINGS = {s.name: s for s in [
     # ... colder, with a longer warm start: the prior's pull towards noise is 5x weaker
     Setting("pink_clip_jitter_t002", reference="pink", temperature=0.02, clip=True, jitter=JITTER4, step_size=0.01,
             leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=400),
+    # lucent's lesson in the warm start: every Adam step scores a random shift / zoom / rotation of the image
+    # (RandomAffineScore), so the start is a picture that survives transforms; HMC then samples the fixed average
+    Setting("pink_aug_t01", reference="pink", temperature=0.1, clip=True, jitter=JITTER4, step_size=0.01,
+            leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300, warm_augment=True),
+    # ... with a quieter reference: q at 0.3 x the photos' amplitude and T = 0.01 (T / sigma^2 ~ 0.1, the same
+    # balance of score and prior at the mode), so the directions the score ignores carry 0.3 x the noise
+    Setting("pink_s03_aug_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER4,
+            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300, warm_augment=True),
+    # ... with twice the warm start (lucent takes 512 steps): its end decides most of what the judge reads
+    Setting("pink_s03_aug600_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER4,
+            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600, warm_augment=True),
     Setting("ascent", method="ascent", reference="white", step_size=0.02, iters=600,
             note="pixels from white noise, RMS-normalised steps of 0.02"),
     Setting("lucent", method="lucent", iters=512, chains=1,
@@ -698,6 +721,7 @@ def cmd_imagenet(args: argparse.Namespace) -> None:
         if rec is None or rec.get("setting") != asdict(st):
             rec = {"benchmark": "imagenet", "model": args.model, "judge": judge_name, "setting": asdict(st),
                    "label": st.label(), "classes": {}}
+        rec.update(_meta(args, args.threads))  # from the first class on: a run stopped early still says what ran
         t_all = time.perf_counter()
         if st.method in ("lucent", "maco"):
             todo = [c for c in classes if str(c) not in rec["classes"]]
@@ -732,20 +756,41 @@ def cmd_imagenet(args: argparse.Namespace) -> None:
                     mean_x = out.get("mean_x")
                     if mean_x is not None:
                         r["mean_ranks"] = judge_ranks(judge, jinfo, to_pixels(mean_x, info), t).tolist()
+                if out.get("warm_x") is not None:  # the warm start's end, before any HMC iteration
+                    r["warm_ranks"] = judge_ranks(judge, jinfo, to_pixels(out["warm_x"], info), t).tolist()
                 torch.save((pix * 255).round().to(torch.uint8), cache / f"{args.model}_{name}_{c}.pt")
                 rec["classes"][str(c)] = r
-                path.write_text(json.dumps(rec, indent=1) + "\n")
+                save_record(path, rec)
                 print(f"{args.model} {name} class {c}: judge ranks {r['ranks']}, own {r['own_ranks']}, "
                       f"{r['seconds']:.0f} s (cpu {cpu:.0f} s), R-hat "
-                      f"{r.get('convergence', {}).get('rhat_max', float('nan')):.3f}", flush=True)
+                      f"{r.get('convergence', {}).get('rhat_max', float('nan')):.4g}", flush=True)
         rec.update(_meta(args, args.threads))
         rec["seconds_this_invocation"] = time.perf_counter() - t_all
-        summarize_imagenet(rec, classes)
+        save_record(path, rec)  # first merges what other processes recorded for other classes
+        summarize_imagenet(rec, IMAGENET_CLASSES if args.classes else classes)
         path.write_text(json.dumps(rec, indent=1) + "\n")
-        imagenet_grid(args.model, name, classes, cache, st.chains)
+        imagenet_grid(args.model, name, IMAGENET_CLASSES if args.classes else classes, cache, st.chains)
         a = rec["summary"]
         print(f"{args.model} {name}: top-1 {a['top1']['p']:.3f} top-5 {a['top5']['p']:.3f} (n {a['top5']['n']}), "
               f"{a['seconds_per_class_median']:.0f} s per class", flush=True)
+
+
+def save_record(path: Path, rec: dict) -> None:
+    """Write a setting's record after merging the classes that other processes (``--classes`` splits of the same
+    setting, run side by side) wrote meanwhile; a lock file serialises the read-merge-write."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            disk = json.loads(path.read_text())
+            if disk.get("setting") == rec.get("setting"):
+                rec["classes"] = {**disk.get("classes", {}), **rec["classes"]}
+                said = disk.get("commands") or ([disk["command"]] if disk.get("command") else [])
+                rec["commands"] = list(dict.fromkeys(said + ([rec["command"]] if rec.get("command") else [])))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1) + "\n")
+        tmp.replace(path)
 
 
 def summarize_imagenet(rec: dict, classes: list[int]) -> None:
@@ -775,6 +820,9 @@ def summarize_imagenet(rec: dict, classes: list[int]) -> None:
         summ["ess_bulk_min"] = min(v["ess_bulk_min"] for v in conv)
         acc = [rec["classes"][str(c)]["accept"] for c in done]
         summ["accept_mean"] = sum(acc) / len(acc)
+    warms = [(r, c) for c in done for r in rec["classes"][str(c)].get("warm_ranks", [])]
+    if warms:  # the warm start's end, judged the same way: what HMC's iterations add or take away
+        summ["warm_top5"] = proportion(torch.tensor([r for r, _ in warms]) < 5, torch.tensor([c for _, c in warms]))
     means = [r for c in done for r in rec["classes"][str(c)].get("mean_ranks", [])]
     if means:
         summ["mean_display_top5"] = float((torch.tensor(means) < 5).float().mean())
@@ -844,6 +892,53 @@ def _digit_verdict(r: dict) -> str:
     return "; ".join(f"{k} {v}" for k, v in parts.items())
 
 
+def _pct(p: dict | None) -> str:
+    return "-" if not p else f"{100 * p['p']:.1f}%"
+
+
+def paired_difference(a: dict, b: dict, n_boot: int = 4000, seed: int = 0) -> dict | None:
+    """Top-5 rate of record a minus that of b over the classes both sampled, with a percentile 95% interval from
+    resampling those classes (paired: a class's difficulty cancels)."""
+    common = sorted(set(a["classes"]) & set(b["classes"]), key=int)
+    if len(common) < 5:
+        return None
+
+    def rate(rec: dict, c: str) -> float:
+        ranks = rec["classes"][c]["ranks"]
+        return sum(r < 5 for r in ranks) / len(ranks)
+
+    diffs = [rate(a, c) - rate(b, c) for c in common]
+    rng = random.Random(seed)
+    boots = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(n_boot))
+    return {"classes": len(common), "diff": sum(diffs) / len(diffs),
+            "ci": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]]}
+
+
+def paired_lines(rows: list[dict]) -> list[str]:
+    """Each model's best sampler setting (HMC; by top-5 among those with the most classes) against each other
+    setting, the optimisation baselines included, paired by class."""
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        mine = sorted((r for r in rows if r["model"] == model),
+                      key=lambda r: (-r["summary"]["top5"]["p"], r["setting"]["name"] == "paper"))
+        hmc = [r for r in mine if r["setting"].get("method", "hmc") == "hmc"]
+        if len(mine) < 2 or not hmc:
+            continue
+        most = max(len(r["classes"]) for r in hmc)
+        best = next(r for r in hmc if len(r["classes"]) == most)
+        mine = [best] + [r for r in mine if r is not best]
+        out += [f"{model}: `{best['setting']['name']}` minus each other setting, top-5 points over the classes both "
+                "sampled (95% interval from resampling classes; each class's rate is over its chains):", "",
+                "| other setting | classes | difference (95% interval) |", "|---|---|---|"]
+        for r in mine[1:]:
+            d = paired_difference(best, r)
+            if d:
+                out.append(f"| `{r['setting']['name']}` | {d['classes']} | {100 * d['diff']:+.1f} "
+                           f"({100 * d['ci'][0]:+.1f} .. {100 * d['ci'][1]:+.1f}) |")
+        out.append("")
+    return out
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """docs/results/legibility.md from every JSON record in docs/results/legibility/ (and NOTE.md beside them)."""
     recs = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
@@ -889,9 +984,10 @@ def cmd_report(args: argparse.Namespace) -> None:
                           f"![{dataset} {r['setting']['name']}](../images/{Path(r['grid']).name})", ""]
     rows = [r for r in recs if r.get("benchmark") == "imagenet" and r.get("classes")]
     for r in rows:  # recomputed: records grow class by class, the stored summary is the last invocation's
+        r["classes"] = {c: r["classes"][c] for c in sorted(r["classes"], key=int)}  # grids in class-index order
         summarize_imagenet(r, [int(c) for c in r["classes"]])
         cache = REPO / "runs" / "legibility" / "imagenet"
-        if cache.is_dir():  # the samples of this machine's runs: redraw the grid (class order as recorded)
+        if cache.is_dir():  # the samples of this machine's runs: redraw the grid
             imagenet_grid(r["model"], r["setting"]["name"], [int(c) for c in r["classes"]], cache,
                           r["setting"]["chains"])
     if rows:
@@ -900,17 +996,21 @@ def cmd_report(args: argparse.Namespace) -> None:
                   f"{100 * IMAGENET_TOP5_TARGET:.0f}%, decided by the wider of the Wilson and class-bootstrap "
                   "intervals. Own top-1: the sampled network's. Seconds per class: all its chains, median wall time "
                   "on this CPU.", "",
-                  "| sampled -> judge | setting | classes | top-1 | top-5 (95% interval), k/n | own top-1 | R-hat max "
-                  "(nodes ok) | s per class | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+                  "Warm start: top-5 of the chains' starting states, after the warm start and before any HMC "
+                  "iteration (what the sampler adds or takes away).", "",
+                  "| sampled -> judge | setting | classes | top-1 | top-5 (95% interval), k/n | warm start | own top-1 "
+                  "| R-hat max (nodes ok) | s per class | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: (r["model"], -r["summary"]["top5"]["p"])):
             sm = r["summary"]
             verdict = _decide(*_bounds(sm["top5"]), IMAGENET_TOP5_TARGET)
             nodes = f" ({sm['nodes_rhat_le_1.05']}/{sm['classes']})" if "nodes_rhat_le_1.05" in sm else ""
             lines.append(f"| {r['model']} -> {r['judge']} | `{r['setting']['name']}`: {r['label']} | {sm['classes']} "
-                         f"| {100 * sm['top1']['p']:.1f}% | {_ci(sm['top5'])} | {100 * sm['own_top1']:.0f}% | "
+                         f"| {100 * sm['top1']['p']:.1f}% | {_ci(sm['top5'])} | "
+                         f"{_pct(sm.get('warm_top5'))} | {100 * sm['own_top1']:.0f}% | "
                          f"{_num(sm.get('rhat_max'))}{nodes} | {sm['seconds_per_class_median']:.0f} | "
                          f"{verdict} |")
         lines.append("")
+        lines += paired_lines(rows)
         for r in sorted(rows, key=lambda r: (r["model"], -r["summary"]["top5"]["p"])):
             img = IMAGES / f"legibility_imagenet_{r['model']}_{r['setting']['name']}.png"
             if img.is_file() and r["setting"]["name"] in args.show:
@@ -973,7 +1073,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"))
     m.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("report", help="render docs/results/legibility.md from the records")
-    shown = ["paper", "pca_t1_long", "pca_t1", "pca_t1_mean", "pink_clip_jitter_t01", "lucent", "maco"]
+    shown = ["paper", "pca_t1_long", "pca_t1", "pca_t1_mean", "pink_s03_aug600_t001", "pink_s03_aug_t001",
+             "pink_clip_jitter_t01", "lucent", "maco"]
     r.add_argument("--show", nargs="+", default=shown,
                    help="settings whose pictures the report shows")
     args = p.parse_args(argv)

@@ -629,3 +629,43 @@ class TransformAveragedScore(nn.Module):
         views = torch.stack([self._transform(x, s, z) for s, z in self.transforms], dim=1)  # (B, K, C, H, W)
         f = self.score_fn(views.flatten(0, 1))
         return f.view(x.shape[0], k).mean(1)
+
+
+class RandomAffineScore(nn.Module):
+    """f(tau x) with tau a fresh random shift, zoom and rotation per image at every call (lucent's
+    ``standard_transforms``: jitter 8 px at 224 px, scale 0.95-1.05, rotate +-10 degrees; reflected borders).
+    ``shift`` is the largest translation as a fraction of the side, so small inputs (28-px digits) move in
+    proportion.
+
+    Random, so it is never what HMC samples: it shapes the warm start only (:func:`visualize.warm_start`), whose
+    path is not part of the chain. Its generator is seeded, so a warm start repeats. Unlike torchvision's
+    ``RandomAffine`` (one transform per call), every chain gets its own, in one ``grid_sample`` that gradients
+    pass through.
+    """
+
+    def __init__(self, score_fn: Callable[[torch.Tensor], torch.Tensor], shift: float = 8 / 224,
+                 zoom: tuple[float, float] = (0.95, 1.05), degrees: float = 10.0, seed: int = 0) -> None:
+        super().__init__()
+        self.score_fn = score_fn
+        self.shift, self.degrees, self.seed = float(shift), float(degrees), seed
+        self.zoom = (float(zoom[0]), float(zoom[1]))
+        self._generator: torch.Generator | None = None
+
+    def thetas(self, n: int, device: torch.device) -> torch.Tensor:
+        """(n, 2, 3) affine matrices in affine_grid's normalised coordinates (the side spans 2), drawn on the CPU
+        (the same on any device)."""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        u = torch.rand(n, 4, generator=self._generator, dtype=torch.float64)
+        zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * u[:, 0]
+        angle = torch.deg2rad((2 * u[:, 1] - 1) * self.degrees)
+        ty, tx = (2 * u[:, 2] - 1) * self.shift * 2, (2 * u[:, 3] - 1) * self.shift * 2
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # output pixel -> input pixel: zoom in = 1/zoom
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        return theta.to(device=device, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.thetas(x.shape[0], x.device)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return self.score_fn(F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False))
+

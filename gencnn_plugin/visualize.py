@@ -22,6 +22,7 @@ from .nodes import Node, NodeScore, node_score
 from .reference import (
     ChainMonitor,
     PixelClippedScore,
+    RandomAffineScore,
     Reference,
     TransformAveragedScore,
     initial_z,
@@ -36,7 +37,7 @@ from .specs import ModelInfo
 __all__ = ["SampleRun", "sample_node", "initial_states", "to_pixels", "display_pixels", "grid_pixels", "save_grid",
            "save_npz", "load_preset", "sample_command", "default_preset", "DEFAULT_PRESETS", "grid_columns", "annotate",
            "caption", "row_labels", "RHAT_OK", "grid_images", "SHOW", "SampleStep", "score_view", "warm_start",
-           "default_display"]
+           "warm_view", "default_display"]
 
 
 @dataclass
@@ -143,7 +144,9 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
     while True:
         try:
             z0 = initial_z(reference, config.chains * len(score.nodes), config.seed, device)
-            result, monitor = _run_chains(fn, reference, z0, config, callback, stop)
+            warm = warm_view(score, info, config)
+            result, monitor = _run_chains(fn, reference, z0, config, callback, stop,
+                                          warm_fn=warm.to(device) if warm is not None else None)
             break
         except torch.cuda.OutOfMemoryError:
             if config.chains == 1:
@@ -201,9 +204,10 @@ def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: H
         score = node_score(copy.deepcopy(model).to(dev), info, nodes)
         reference = make_reference(config.reference, info, config.sigma).to(dev)
         rows = torch.cat([j * c + chains for j in range(k)])
+        warm = warm_view(score, info, config)
         res, monitor = _run_chains(score_view(score, info, config).to(dev), reference, z0[rows].to(dev), config,
-                                   stop=stop, noise_rows=rows.to(dev),
-                                   noise_total=c * k)
+                                   stop=stop, noise_rows=rows.to(dev), noise_total=c * k,
+                                   warm_fn=warm.to(dev) if warm is not None else None)
         return rows, res, monitor, [str(n) for n in score.nodes]
 
     with ThreadPoolExecutor(len(parts)) as pool:
@@ -239,11 +243,21 @@ def score_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Modul
     return score
 
 
+def warm_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module | None:
+    """What a warm start with random transforms scores: the score view without the jitter average (the random
+    shift replaces it, at a quarter of the work); None when the warm start scores the sampled view itself."""
+    return score_view(score, info, replace(config, jitter=0)) if config.warm_augment and config.warm_start else None
+
+
 def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HMCConfig, lr: float = 0.05,
                stop=None) -> torch.Tensor:
     """``config.warm_start`` Adam steps on U(z) = -f(mu + A z) / T + |z|^2 / 2 from z0 (each chain on its own: the
     sum of independent terms): starting states near a mode, so a short run at low T starts where p puts its mass.
+    With ``config.warm_augment`` each step scores a random shift, zoom and rotation of the images
+    (:class:`RandomAffineScore` around ``fn``; pass the score without the jitter average, which it replaces).
     The path is not part of the chain; HMC from the result is exact as from any start."""
+    if config.warm_augment:
+        fn = RandomAffineScore(fn, seed=config.seed)
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     for _ in range(config.warm_start):
@@ -259,13 +273,13 @@ def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HM
 
 
 def _run_chains(score: nn.Module, reference: Reference, z0: torch.Tensor, config: HMCConfig, callback=None,
-                stop=None, noise_rows: torch.Tensor | None = None, noise_total: int | None = None
-                ) -> tuple[HMCResult, ChainMonitor]:
+                stop=None, noise_rows: torch.Tensor | None = None, noise_total: int | None = None,
+                warm_fn: nn.Module | None = None) -> tuple[HMCResult, ChainMonitor]:
     """``hmc_sample`` in whitened coordinates with a config's settings, from ``z0`` (moved by ``warm_start`` steps
     first) on its device; the monitor keeps the running means (after ``adapt_steps``) and projection traces, and
-    hands the caller's callback image states."""
+    hands the caller's callback image states. ``warm_fn``: what the warm start scores (default ``score``)."""
     if config.warm_start:
-        z0 = warm_start(score, reference, z0, config, stop=stop)
+        z0 = warm_start(warm_fn if warm_fn is not None else score, reference, z0, config, stop=stop)
     monitor = ChainMonitor(reference, warmup=config.adapt_steps, projections=PROJECTIONS)
     if callback is not None:
         def on_step(step: HMCStep):
@@ -444,7 +458,8 @@ def caption(run: SampleRun, show: str = "sample") -> str:
     named = s.get("reference", c.reference)
     q = f"N(0, {c.sigma:g}^2 I)" if c.reference == "white" else f"{named} (sigma {c.sigma:g})"
     view = (f", f averaged over 4 shifts of {c.jitter} px" if c.jitter else "") + (", clipped pixels" if c.clip else "")
-    view += f", {c.warm_start} warm-start steps" if c.warm_start else ""
+    view += (f", {c.warm_start} warm-start steps" + (" (random transforms)" if c.warm_augment else "")
+             if c.warm_start else "")
     return (f"{run.info.model} {nodes}, {shown}: q = {q}, T = {c.temperature:g}{view}; {s['iters']} iterations x "
             f"{c.trajectory_steps} leapfrog steps (step {c.step_size:g}, mass {c.mass:g}); acceptance "
             f"{s['accept_rate']:.2f}; R-hat {r:.2f}{flag}")

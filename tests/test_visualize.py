@@ -13,7 +13,7 @@ from gencnn_plugin import create_model, save_checkpoint
 from gencnn_plugin.cli import main
 from gencnn_plugin.config import ConfigError
 from gencnn_plugin.hmc import HMCConfig
-from gencnn_plugin.visualize import display_pixels, load_preset, sample_node, save_grid, save_npz
+from gencnn_plugin.visualize import caption, display_pixels, load_preset, sample_node, save_grid, save_npz
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,12 @@ def test_the_default_preset_suits_the_input_and_every_default_loads():
 
     assert [default_preset(info(1, 28)), default_preset(info(3, 32)), default_preset(info(1, 32)),
             default_preset(info(3, 224))] == ["mnist_legible", "lenet_tuned", "lenet_tuned", "imagenet_legible"]
-    for name in DEFAULT_PRESETS.values():
+    from gencnn_plugin.config import HMC_PRESET_DIR, list_configs
+
+    assert set(DEFAULT_PRESETS.values()) | {"lenet", "fashion_mnist_legible"} <= set(list_configs(HMC_PRESET_DIR))
+    for name in list_configs(HMC_PRESET_DIR):  # every shipped preset passes HMCConfig's validation
         load_preset(name)
+    assert load_preset("fashion_mnist_legible").reference == "pca:fashion_mnist"
     legible = load_preset("mnist_legible")
     assert (legible.reference, legible.temperature, legible.iters, legible.adapt_steps) == ("pca", 1.0, 1500, 100)
 
@@ -212,6 +216,49 @@ def test_warm_start_minimises_the_samplers_potential():
     cfg = HMCConfig(temperature=0.5, warm_start=1500)
     z = warm_start(lambda x: (x * w).flatten(1).sum(1), ref, torch.zeros(2, 1, 3, 3), cfg)
     torch.testing.assert_close(z, (2.0 * w / 0.5).expand(2, 1, 3, 3), atol=2e-3, rtol=0)
+
+
+def test_random_transforms_of_the_warm_start():
+    """RandomAffineScore: the identity when its ranges are zero; shifts, zooms and rotations within the stated
+    bounds, repeatable from the seed and fresh at every call; the warm start uses it on the un-averaged view (no
+    jitter average) and it never reaches the sampled score."""
+    from gencnn_plugin.nodes import node_score
+    from gencnn_plugin.reference import PixelClippedScore, RandomAffineScore, TransformAveragedScore
+    from gencnn_plugin.visualize import score_view, warm_view
+
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    score = node_score(model, info, "logits:3")
+    x = torch.randn(4, 1, 28, 28)
+    still = RandomAffineScore(score, shift=0.0, zoom=(1.0, 1.0), degrees=0.0)
+    torch.testing.assert_close(still(x), score(x), rtol=1e-5, atol=1e-5)
+    moved = RandomAffineScore(lambda v: v, shift=3 / 28, zoom=(0.9, 1.1), degrees=10.0, seed=5)
+    th = moved.thetas(2000, torch.device("cpu")).double()
+    zoom = 1 / th[:, 0, :2].norm(dim=1)  # rows of R(angle) / zoom
+    angle = torch.rad2deg(torch.atan2(th[:, 1, 0], th[:, 0, 0]))
+    assert 0.9 <= zoom.min() and zoom.max() <= 1.1 and zoom.max() - zoom.min() > 0.15
+    assert angle.abs().max() <= 10 + 1e-4 and angle.abs().max() > 9
+    assert 2.9 < th[:, :, 2].abs().max() * 14 <= 3 + 1e-4  # normalised units: 1 = half the side, 14 px
+    fresh = RandomAffineScore(lambda v: v, 3 / 28, (0.9, 1.1), 10.0, seed=5)
+    a, b = fresh(x), fresh(x)
+    assert a.shape == x.shape and not torch.equal(a, b)  # a fresh transform every call
+    torch.testing.assert_close(RandomAffineScore(lambda v: v, 3 / 28, (0.9, 1.1), 10.0, seed=5)(x), a)  # repeats
+    const = RandomAffineScore(lambda v: v, 0.3, (0.9, 1.1), 10.0)(torch.full((2, 1, 28, 28), 0.7))
+    torch.testing.assert_close(const, torch.full_like(const, 0.7))  # reflected borders: no black corners
+    cfg = HMCConfig(jitter=2, clip=True, warm_start=5, warm_augment=True)
+    warm = warm_view(score, info, cfg)
+    assert isinstance(warm, PixelClippedScore) and not isinstance(warm.score_fn, TransformAveragedScore)
+    assert isinstance(score_view(score, info, cfg).score_fn, TransformAveragedScore)  # HMC: the fixed average
+    assert warm_view(score, info, HMCConfig(jitter=2, warm_start=5)) is None
+    run = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6,
+                                                         mass=1.0, seed=3, warm_start=20, warm_augment=True))
+    again = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6,
+                                                           mass=1.0, seed=3, warm_start=20, warm_augment=True))
+    plain = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6,
+                                                           mass=1.0, seed=3, warm_start=20))
+    torch.testing.assert_close(run.result.x, again.result.x)
+    assert not torch.allclose(run.result.x, plain.result.x)
+    assert "random transforms" in caption(run)
 
 
 def test_fitted_references_are_shown_as_pixels():
