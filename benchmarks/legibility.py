@@ -256,14 +256,12 @@ class Setting:
     warm_opt: int = 0
     warm_lr: float = 0.05
     warm_augment: bool = False
-    scales: list = field(default_factory=list)
     note: str = ""
 
     def label(self) -> str:
         if self.method != "hmc":
             return f"{self.method}" + (f" ({self.note})" if self.note else "")
         extra = (", clip" if self.clip else "") + (f", jitter {len(self.jitter)}" if self.jitter else "") + \
-            (f" x zoom {'/'.join(f'{z:g}' for z in self.scales)}" if self.scales else "") + \
             (f", warm Adam {self.warm_opt}" if self.warm_opt else "") + \
             (" (random shift/zoom/rotation)" if self.warm_augment else "")
         return (f"{self.reference} s={self.sigma:g} T={self.temperature:g}; eps {self.step_size:g} L "
@@ -355,8 +353,8 @@ def build_score(model: nn.Module, info, nodes: list[str], setting: Setting) -> n
     from gencnn_plugin.reference import PixelClippedScore, TransformAveragedScore
 
     score = node_score(model, info, nodes)
-    if setting.jitter or setting.scales:
-        score = TransformAveragedScore(score, [tuple(s) for s in setting.jitter] or None, setting.scales or None)
+    if setting.jitter:
+        score = TransformAveragedScore(score, [tuple(s) for s in setting.jitter])
     if setting.clip:
         score = PixelClippedScore(score, info)
     return score
@@ -388,16 +386,16 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
         out.update(x=x, seconds=time.perf_counter() - t0, grad_evals_per_chain=setting.iters,
                    scores=None, projections=None, accept=None)
         return out
-    warm_evals = setting.warm_opt * max(1, len(setting.jitter)) * max(1, len(setting.scales))
+    warm_evals = setting.warm_opt * max(1, len(setting.jitter))
     if setting.warm_opt:  # the library's warm start: Adam on U(z) = -f / T + |z|^2 / 2
-        from gencnn_plugin.visualize import warm_start
+        from gencnn_plugin.nodes import node_score
+        from gencnn_plugin.visualize import warm_start, warm_view
 
-        warm_fn = score
-        if setting.warm_augment:  # random transforms replace the fixed average (visualize.warm_view)
-            warm_fn = build_score(model, info, nodes, replace(setting, jitter=[], scales=[]))
-            warm_evals = setting.warm_opt
-        z0 = warm_start(warm_fn, ref, z0, HMCConfig(temperature=setting.temperature, warm_start=setting.warm_opt,
-                                                    warm_augment=setting.warm_augment, seed=seed), lr=setting.warm_lr)
+        wcfg = HMCConfig(temperature=setting.temperature, warm_start=setting.warm_opt, clip=setting.clip,
+                         warm_augment=setting.warm_augment, seed=seed)
+        warm_fn = warm_view(node_score(model, info, nodes), info, wcfg)  # random transforms replace the average
+        warm_evals = setting.warm_opt if warm_fn is not None else warm_evals
+        z0 = warm_start(warm_fn if warm_fn is not None else score, ref, z0, wcfg, lr=setting.warm_lr)
         with torch.no_grad():
             out["warm_x"] = ref.to_x(z0)
     cfg = HMCConfig(iters=setting.iters, leapfrog_steps=setting.leapfrog_steps, step_size=setting.step_size,
@@ -414,8 +412,7 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
     out.update(x=x, last=run.x, mean_x=run.mean_x, seconds=seconds, scores=res.trace["score"],
                projections=run.projections,
                accept=float(acc.mean()), step=float(res.trace["step_size"][-1].mean()), warmup=warm,
-               grad_evals_per_chain=warm_evals + res.grad_evals * max(1, len(setting.jitter)) *
-               max(1, len(setting.scales)),
+               grad_evals_per_chain=warm_evals + res.grad_evals * max(1, len(setting.jitter)),
                mean_abs_energy_error=res.summary["mean_abs_energy_error"])
     return out
 
@@ -605,6 +602,9 @@ IMAGENET_SETTINGS = {s.name: s for s in [
     # balance of score and prior at the mode), so the directions the score ignores carry 0.3 x the noise
     Setting("pink_s03_aug_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER4,
             step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300, warm_augment=True),
+    # ablation: the quieter q without the random transforms (the warm start scores the fixed 4-shift average)
+    Setting("pink_s03_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER4,
+            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300),
     # ... with twice the warm start (lucent takes 512 steps): its end decides most of what the judge reads
     Setting("pink_s03_aug600_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER4,
             step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600, warm_augment=True),
@@ -634,7 +634,7 @@ def judge_ranks(judge: nn.Module, jinfo, pix: torch.Tensor, targets: torch.Tenso
 def lucent_images(model: nn.Module, info, classes: list[int], steps: int, seed: int) -> torch.Tensor:
     """lucent's render_vis recipe, one image per class in one batch: its own parameterisation (param.image: FFT
     spectrum with 1/f scaling, decorrelated colour, sigmoid), Adam lr 0.05, transform.standard_transforms (pad 12,
-    jitter 8, scale 0.95-1.05, rotate -10..10 deg, jitter 4), maximising the class logit. lucent's own
+    jitter 8, scale 0.90-1.10, rotate -10..10 deg, jitter 4), maximising the class logit. lucent's own
     ``transform.normalize()`` is ImageNet's; the model's own mean/std is applied instead (MobileNetV2 uses 0.5)."""
     from lucent.optvis import param, transform
 
@@ -718,7 +718,7 @@ def cmd_imagenet(args: argparse.Namespace) -> None:
             st = replace(st, chains=args.chains if name != "paper" else args.paper_chains)
         path = RESULTS / f"imagenet_{args.model}_{name}.json"
         rec = json.loads(path.read_text()) if path.exists() and not args.fresh else None
-        if rec is None or rec.get("setting") != asdict(st):
+        if rec is None or setting_dict(rec.get("setting")) != asdict(st):
             rec = {"benchmark": "imagenet", "model": args.model, "judge": judge_name, "setting": asdict(st),
                    "label": st.label(), "classes": {}}
         rec.update(_meta(args, args.threads))  # from the first class on: a run stopped early still says what ran
@@ -766,28 +766,42 @@ def cmd_imagenet(args: argparse.Namespace) -> None:
                       f"{r.get('convergence', {}).get('rhat_max', float('nan')):.4g}", flush=True)
         rec.update(_meta(args, args.threads))
         rec["seconds_this_invocation"] = time.perf_counter() - t_all
-        save_record(path, rec)  # first merges what other processes recorded for other classes
-        summarize_imagenet(rec, IMAGENET_CLASSES if args.classes else classes)
-        path.write_text(json.dumps(rec, indent=1) + "\n")
-        imagenet_grid(args.model, name, IMAGENET_CLASSES if args.classes else classes, cache, st.chains)
+        save_record(path, rec, summarize=True)  # merges what other processes recorded for other classes
+        imagenet_grid(args.model, name, [int(c) for c in rec["classes"]], cache, st.chains)
         a = rec["summary"]
         print(f"{args.model} {name}: top-1 {a['top1']['p']:.3f} top-5 {a['top5']['p']:.3f} (n {a['top5']['n']}), "
               f"{a['seconds_per_class_median']:.0f} s per class", flush=True)
 
 
-def save_record(path: Path, rec: dict) -> None:
+def setting_dict(stored: dict | None) -> dict | None:
+    """A stored setting with the defaults of fields added since it was written, without empty fields removed since:
+    an old record of the same setting still matches."""
+    if stored is None:
+        return None
+    import dataclasses
+
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(Setting) if f.name != "name"}
+    return {**defaults, **{k: v for k, v in stored.items() if k in defaults or k == "name" or v}}
+
+
+def save_record(path: Path, rec: dict, summarize: bool = False) -> None:
     """Write a setting's record after merging the classes that other processes (``--classes`` splits of the same
-    setting, run side by side) wrote meanwhile; a lock file serialises the read-merge-write."""
+    setting, run side by side) wrote meanwhile; a lock file serialises the read-merge-write. ``summarize``: the
+    summary over every recorded class, computed after the merge."""
     import fcntl
 
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             disk = json.loads(path.read_text())
-            if disk.get("setting") == rec.get("setting"):
+            if setting_dict(disk.get("setting")) == setting_dict(rec.get("setting")):
                 rec["classes"] = {**disk.get("classes", {}), **rec["classes"]}
                 said = disk.get("commands") or ([disk["command"]] if disk.get("command") else [])
                 rec["commands"] = list(dict.fromkeys(said + ([rec["command"]] if rec.get("command") else [])))
+        rec["classes"] = {c: rec["classes"][c] for c in sorted(rec["classes"], key=int)}
+        if summarize:
+            summarize_imagenet(rec, [int(c) for c in rec["classes"]])
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=1) + "\n")
         tmp.replace(path)

@@ -64,10 +64,10 @@ class HMCConfig:
     warm_start: int = setting(0, "Adam steps (lr 0.05) that move the starting states towards low U(x) before "
                                  "sampling; like warm-up, they are not samples", ge=0, le=1_000_000,
                               label="warm-start steps")
-    warm_augment: bool = setting(False, "each warm-start step scores a random shift (<= 8 px at 224 px, in "
+    warm_augment: bool = setting(False, "with warm-start steps: each scores a random shift (<= 8 px at 224 px, in "
                                         "proportion at other sizes), zoom (0.95-1.05) and rotation (<= 10 deg) of "
-                                        "every image (lucent's standard transforms) instead of the jitter average: "
-                                        "starts that survive transforms; not part of the chain",
+                                        "every image (after lucent's standard transforms) instead of the jitter "
+                                        "average: starts that survive transforms; not part of the chain",
                                  label="warm-start transforms")
 
     def __post_init__(self) -> None:

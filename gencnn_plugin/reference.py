@@ -632,21 +632,24 @@ class TransformAveragedScore(nn.Module):
 
 
 class RandomAffineScore(nn.Module):
-    """f(tau x) with tau a fresh random shift, zoom and rotation per image at every call (lucent's
-    ``standard_transforms``: jitter 8 px at 224 px, scale 0.95-1.05, rotate +-10 degrees; reflected borders).
-    ``shift`` is the largest translation as a fraction of the side, so small inputs (28-px digits) move in
-    proportion.
+    """f(tau x) with tau a fresh random shift, zoom and rotation per image at every call: after lucent's
+    ``standard_transforms`` (jitter 8 px, rotate +-10 degrees), with its zoom 0.90-1.10 narrowed to 0.95-1.05,
+    reflected borders instead of grey padding, and one transform per image instead of one per batch. ``shift`` is
+    the largest translation as a fraction of the side (8 px at 224 px), so 28-px digits move in proportion.
 
     Random, so it is never what HMC samples: it shapes the warm start only (:func:`visualize.warm_start`), whose
-    path is not part of the chain. Its generator is seeded, so a warm start repeats. Unlike torchvision's
+    path is not part of the chain. Its generator is seeded, so a warm start repeats; ``rows`` of ``total`` (as for
+    HMC's noise) make chains split over devices draw what they would draw in one run. Unlike torchvision's
     ``RandomAffine`` (one transform per call), every chain gets its own, in one ``grid_sample`` that gradients
-    pass through.
+    pass through. Identity ranges give f(x) up to the resampling's rounding.
     """
 
     def __init__(self, score_fn: Callable[[torch.Tensor], torch.Tensor], shift: float = 8 / 224,
-                 zoom: tuple[float, float] = (0.95, 1.05), degrees: float = 10.0, seed: int = 0) -> None:
+                 zoom: tuple[float, float] = (0.95, 1.05), degrees: float = 10.0, seed: int = 0,
+                 rows: torch.Tensor | None = None, total: int | None = None) -> None:
         super().__init__()
         self.score_fn = score_fn
+        self.rows, self.total = (rows.cpu() if rows is not None else None), total
         self.shift, self.degrees, self.seed = float(shift), float(degrees), seed
         self.zoom = (float(zoom[0]), float(zoom[1]))
         self._generator: torch.Generator | None = None
@@ -656,7 +659,8 @@ class RandomAffineScore(nn.Module):
         (the same on any device)."""
         if self._generator is None:
             self._generator = torch.Generator().manual_seed(self.seed)
-        u = torch.rand(n, 4, generator=self._generator, dtype=torch.float64)
+        u = torch.rand(self.total or n, 4, generator=self._generator, dtype=torch.float64)
+        u = u if self.rows is None else u[self.rows]
         zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * u[:, 0]
         angle = torch.deg2rad((2 * u[:, 1] - 1) * self.degrees)
         ty, tx = (2 * u[:, 2] - 1) * self.shift * 2, (2 * u[:, 3] - 1) * self.shift * 2
@@ -668,4 +672,3 @@ class RandomAffineScore(nn.Module):
         theta = self.thetas(x.shape[0], x.device)
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         return self.score_fn(F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False))
-

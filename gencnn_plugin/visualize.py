@@ -250,14 +250,15 @@ def warm_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module
 
 
 def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HMCConfig, lr: float = 0.05,
-               stop=None) -> torch.Tensor:
+               stop=None, rows: torch.Tensor | None = None, total: int | None = None) -> torch.Tensor:
     """``config.warm_start`` Adam steps on U(z) = -f(mu + A z) / T + |z|^2 / 2 from z0 (each chain on its own: the
     sum of independent terms): starting states near a mode, so a short run at low T starts where p puts its mass.
     With ``config.warm_augment`` each step scores a random shift, zoom and rotation of the images
-    (:class:`RandomAffineScore` around ``fn``; pass the score without the jitter average, which it replaces).
+    (:class:`RandomAffineScore` around ``fn``; pass :func:`warm_view`'s score, without the jitter average, which
+    the random shift replaces; ``rows`` of ``total``: these chains' place in a run split over devices).
     The path is not part of the chain; HMC from the result is exact as from any start."""
     if config.warm_augment:
-        fn = RandomAffineScore(fn, seed=config.seed)
+        fn = RandomAffineScore(fn, seed=config.seed, rows=rows, total=total)
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     for _ in range(config.warm_start):
@@ -279,7 +280,8 @@ def _run_chains(score: nn.Module, reference: Reference, z0: torch.Tensor, config
     first) on its device; the monitor keeps the running means (after ``adapt_steps``) and projection traces, and
     hands the caller's callback image states. ``warm_fn``: what the warm start scores (default ``score``)."""
     if config.warm_start:
-        z0 = warm_start(warm_fn if warm_fn is not None else score, reference, z0, config, stop=stop)
+        z0 = warm_start(warm_fn if warm_fn is not None else score, reference, z0, config, stop=stop,
+                        rows=noise_rows, total=noise_total)
     monitor = ChainMonitor(reference, warmup=config.adapt_steps, projections=PROJECTIONS)
     if callback is not None:
         def on_step(step: HMCStep):

@@ -50,7 +50,11 @@ def test_the_default_preset_suits_the_input_and_every_default_loads():
     assert set(DEFAULT_PRESETS.values()) | {"lenet", "fashion_mnist_legible"} <= set(list_configs(HMC_PRESET_DIR))
     for name in list_configs(HMC_PRESET_DIR):  # every shipped preset passes HMCConfig's validation
         load_preset(name)
-    assert load_preset("fashion_mnist_legible").reference == "pca:fashion_mnist"
+    from gencnn_plugin.reference import make_reference
+
+    fashion = load_preset("fashion_mnist_legible")
+    ref = make_reference(fashion.reference, info(1, 28), fashion.sigma)  # the shipped Fashion-MNIST Gaussian
+    assert ref.data == "fashion_mnist_pca" and ref.to_x(torch.zeros(1, *ref.z_shape)).shape == (1, 1, 28, 28)
     legible = load_preset("mnist_legible")
     assert (legible.reference, legible.temperature, legible.iters, legible.adapt_steps) == ("pca", 1.0, 1500, 100)
 
@@ -250,15 +254,47 @@ def test_random_transforms_of_the_warm_start():
     assert isinstance(warm, PixelClippedScore) and not isinstance(warm.score_fn, TransformAveragedScore)
     assert isinstance(score_view(score, info, cfg).score_fn, TransformAveragedScore)  # HMC: the fixed average
     assert warm_view(score, info, HMCConfig(jitter=2, warm_start=5)) is None
-    run = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6,
-                                                         mass=1.0, seed=3, warm_start=20, warm_augment=True))
-    again = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6,
-                                                           mass=1.0, seed=3, warm_start=20, warm_augment=True))
-    plain = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6,
-                                                           mass=1.0, seed=3, warm_start=20))
+    base = dict(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6, mass=1.0, seed=3)
+    calls = []
+    forward = RandomAffineScore.forward
+
+    def counted(self, x):
+        calls.append(x.shape[0])
+        return forward(self, x)
+
+    RandomAffineScore.forward = counted
+    try:
+        run = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20, warm_augment=True))
+    finally:
+        RandomAffineScore.forward = forward
+    assert calls == [2] * 20  # every warm-start step, and nothing the chain evaluates
+    again = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20, warm_augment=True))
+    plain = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20))
     torch.testing.assert_close(run.result.x, again.result.x)
     assert not torch.allclose(run.result.x, plain.result.x)
     assert "random transforms" in caption(run)
+    idle = sample_node(model, info, "logits:3", HMCConfig(**base, warm_augment=True))  # no warm start: no effect
+    torch.testing.assert_close(idle.result.x, sample_node(model, info, "logits:3", HMCConfig(**base)).result.x)
+    split = sample_node(model, info, "logits:3", HMCConfig(**{**base, "chains": 4}, warm_start=5, warm_augment=True),
+                        devices=["cpu", "cpu"])  # each part draws its own chains' transforms, as one run does
+    whole = sample_node(model, info, "logits:3", HMCConfig(**{**base, "chains": 4}, warm_start=5, warm_augment=True))
+    torch.testing.assert_close(split.result.x, whole.result.x, rtol=1e-5, atol=1e-5)
+
+
+def test_random_shift_moves_the_pixels():
+    """With zoom 1 and no rotation the image moves by the drawn shift: a bright dot lands where theta says."""
+    from gencnn_plugin.reference import RandomAffineScore
+
+    img = torch.zeros(1, 1, 29, 29)
+    img[0, 0, 14, 14] = 1.0
+    tau = RandomAffineScore(lambda v: v, shift=4 / 29, zoom=(1.0, 1.0), degrees=0.0, seed=2)
+    theta = RandomAffineScore(lambda v: v, shift=4 / 29, zoom=(1.0, 1.0), degrees=0.0, seed=2).thetas(1, "cpu")
+    out = tau(img)[0, 0]
+    dy, dx = (theta[0, 1, 2] * 29 / 2).item(), (theta[0, 0, 2] * 29 / 2).item()  # input offset in pixels
+    cy = (out.sum(1) * torch.arange(29.0)).sum() / out.sum()
+    cx = (out.sum(0) * torch.arange(29.0)).sum() / out.sum()
+    assert abs(dy) + abs(dx) > 0.5
+    torch.testing.assert_close(torch.stack([cy, cx]), torch.tensor([14 - dy, 14 - dx]), atol=1e-3, rtol=0)
 
 
 def test_fitted_references_are_shown_as_pixels():
