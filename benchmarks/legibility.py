@@ -393,9 +393,11 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
 
         wcfg = HMCConfig(temperature=setting.temperature, warm_start=setting.warm_opt, clip=setting.clip,
                          warm_augment=setting.warm_augment, seed=seed)
-        warm_fn = warm_view(node_score(model, info, nodes), info, wcfg)  # random transforms replace the average
-        warm_evals = setting.warm_opt if warm_fn is not None else warm_evals
-        z0 = warm_start(warm_fn if warm_fn is not None else score, ref, z0, wcfg, lr=setting.warm_lr)
+        if setting.warm_augment:  # random transforms replace the fixed average
+            warm_fn, warm_evals = warm_view(node_score(model, info, nodes), info, wcfg), setting.warm_opt
+        else:
+            warm_fn = score
+        z0 = warm_start(warm_fn, ref, z0, wcfg, lr=setting.warm_lr)
         with torch.no_grad():
             out["warm_x"] = ref.to_x(z0)
     cfg = HMCConfig(iters=setting.iters, leapfrog_steps=setting.leapfrog_steps, step_size=setting.step_size,

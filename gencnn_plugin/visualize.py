@@ -144,9 +144,8 @@ def sample_node(model: nn.Module, info: ModelInfo, node: str | list[str], config
     while True:
         try:
             z0 = initial_z(reference, config.chains * len(score.nodes), config.seed, device)
-            warm = warm_view(score, info, config)
             result, monitor = _run_chains(fn, reference, z0, config, callback, stop,
-                                          warm_fn=warm.to(device) if warm is not None else None)
+                                          warm_fn=warm_view(score, info, config).to(device))
             break
         except torch.cuda.OutOfMemoryError:
             if config.chains == 1:
@@ -204,10 +203,9 @@ def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: H
         score = node_score(copy.deepcopy(model).to(dev), info, nodes)
         reference = make_reference(config.reference, info, config.sigma).to(dev)
         rows = torch.cat([j * c + chains for j in range(k)])
-        warm = warm_view(score, info, config)
         res, monitor = _run_chains(score_view(score, info, config).to(dev), reference, z0[rows].to(dev), config,
                                    stop=stop, noise_rows=rows.to(dev), noise_total=c * k,
-                                   warm_fn=warm.to(dev) if warm is not None else None)
+                                   warm_fn=warm_view(score, info, config).to(dev))
         return rows, res, monitor, [str(n) for n in score.nodes]
 
     with ThreadPoolExecutor(len(parts)) as pool:
@@ -243,10 +241,10 @@ def score_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Modul
     return score
 
 
-def warm_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module | None:
-    """What a warm start with random transforms scores: the score view without the jitter average (the random
-    shift replaces it, at a quarter of the work); None when the warm start scores the sampled view itself."""
-    return score_view(score, info, replace(config, jitter=0)) if config.warm_augment and config.warm_start else None
+def warm_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module:
+    """What the warm start scores: the sampled view, without its jitter average under ``warm_augment`` (the random
+    shift replaces it, at a quarter of the work)."""
+    return score_view(score, info, replace(config, jitter=0) if config.warm_augment else config)
 
 
 def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HMCConfig, lr: float = 0.05,

@@ -253,7 +253,8 @@ def test_random_transforms_of_the_warm_start():
     warm = warm_view(score, info, cfg)
     assert isinstance(warm, PixelClippedScore) and not isinstance(warm.score_fn, TransformAveragedScore)
     assert isinstance(score_view(score, info, cfg).score_fn, TransformAveragedScore)  # HMC: the fixed average
-    assert warm_view(score, info, HMCConfig(jitter=2, warm_start=5)) is None
+    plain_view = warm_view(score, info, HMCConfig(jitter=2, clip=True, warm_start=5))  # no transforms: the sampled
+    assert isinstance(plain_view.score_fn, TransformAveragedScore)  # view, jitter average and all
     base = dict(chains=2, iters=2, leapfrog_steps=2, step_size=1e-6, mass=1.0, seed=3)
     calls = []
     forward = RandomAffineScore.forward
