@@ -24,7 +24,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from gencnn_plugin.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from gencnn_plugin.data import load_idx  # noqa: E402
+from gencnn_plugin.hmc import HMCConfig  # noqa: E402
 from gencnn_plugin.reference import REFERENCE_DIR, make_reference  # noqa: E402
 from gencnn_plugin.specs import create_model  # noqa: E402
 
@@ -235,7 +236,8 @@ class Setting:
     ascent (plain gradient ascent on the node's score from a reference draw, the T -> 0 limit without a prior),
     lucent or maco (optimisation recipes, ImageNet only). ``display``: the chain's last state or its running mean
     after warm-up. ``clip``: the score sees the displayed pixels, f(clip(x)) (a different node, exact for it).
-    ``jitter``: the score is the mean of f over these fixed (dy, dx) translations (a different node, exact for it).
+    ``jitter``: the score is the mean of f over the 4 fixed translations (0, 0), (0, j), (j, 0), (j, j) px of
+    ``visualize.score_view`` (what ``gencnn sample --jitter`` samples; a different node, exact for it).
     ``warm_opt``: warm-up Adam steps on U(z) before HMC (discarded, like the adaptation iterations)."""
 
     name: str
@@ -252,7 +254,7 @@ class Setting:
     chains: int = 4
     display: str = "last"
     clip: bool = False
-    jitter: list = field(default_factory=list)
+    jitter: int = 0
     warm_opt: int = 0
     warm_lr: float = 0.05
     warm_augment: bool = False
@@ -261,7 +263,7 @@ class Setting:
     def label(self) -> str:
         if self.method != "hmc":
             return f"{self.method}" + (f" ({self.note})" if self.note else "")
-        extra = (", clip" if self.clip else "") + (f", jitter {len(self.jitter)}" if self.jitter else "") + \
+        extra = (", clip" if self.clip else "") + (f", jitter {self.jitter} px" if self.jitter else "") + \
             (f", warm Adam {self.warm_opt}" if self.warm_opt else "") + \
             (" (random shift/zoom/rotation)" if self.warm_augment else "")
         return (f"{self.reference} s={self.sigma:g} T={self.temperature:g}; eps {self.step_size:g} L "
@@ -348,22 +350,23 @@ def from_pixels(pix: torch.Tensor, info) -> torch.Tensor:
     return (pix - torch.tensor(info.mean).view(1, -1, 1, 1)) / torch.tensor(info.std).view(1, -1, 1, 1)
 
 
-def build_score(model: nn.Module, info, nodes: list[str], setting: Setting) -> nn.Module:
-    from gencnn_plugin.nodes import node_score
-    from gencnn_plugin.reference import PixelClippedScore, TransformAveragedScore
+def score_config(setting: Setting, seed: int = 0) -> HMCConfig:
+    """The library's settings for the function a setting samples and warm-starts (jitter, clip, warm start)."""
+    return HMCConfig(temperature=setting.temperature, jitter=setting.jitter, clip=setting.clip,
+                     warm_start=setting.warm_opt, warm_augment=setting.warm_augment, seed=seed)
 
-    score = node_score(model, info, nodes)
-    if setting.jitter:
-        score = TransformAveragedScore(score, [tuple(s) for s in setting.jitter])
-    if setting.clip:
-        score = PixelClippedScore(score, info)
-    return score
+
+def build_score(model: nn.Module, info, nodes: list[str], setting: Setting) -> nn.Module:
+    """The function HMC samples: the library's ``visualize.score_view`` of the nodes' score."""
+    from gencnn_plugin.nodes import node_score
+    from gencnn_plugin.visualize import score_view
+
+    return score_view(node_score(model, info, nodes), info, score_config(setting))
 
 
 def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, data: str | None = None) -> dict:
     """Samples (display images in normalised space, one row per chain, nodes in consecutive groups), traces and
     timing for one setting."""
-    from gencnn_plugin.hmc import HMCConfig
     from gencnn_plugin.reference import initial_z, sample_reference
 
     score = build_score(model, info, nodes, setting)
@@ -386,18 +389,14 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
         out.update(x=x, seconds=time.perf_counter() - t0, grad_evals_per_chain=setting.iters,
                    scores=None, projections=None, accept=None)
         return out
-    warm_evals = setting.warm_opt * max(1, len(setting.jitter))
+    views = 4 if setting.jitter else 1  # forward passes per score evaluation
+    warm_evals = setting.warm_opt * (1 if setting.warm_augment else views)  # random transforms replace the average
     if setting.warm_opt:  # the library's warm start: Adam on U(z) = -f / T + |z|^2 / 2
         from gencnn_plugin.nodes import node_score
         from gencnn_plugin.visualize import warm_start, warm_view
 
-        wcfg = HMCConfig(temperature=setting.temperature, warm_start=setting.warm_opt, clip=setting.clip,
-                         warm_augment=setting.warm_augment, seed=seed)
-        if setting.warm_augment:  # random transforms replace the fixed average
-            warm_fn, warm_evals = warm_view(node_score(model, info, nodes), info, wcfg), setting.warm_opt
-        else:
-            warm_fn = score
-        z0 = warm_start(warm_fn, ref, z0, wcfg, lr=setting.warm_lr)
+        wcfg = score_config(setting, seed)
+        z0 = warm_start(warm_view(node_score(model, info, nodes), info, wcfg), ref, z0, wcfg, lr=setting.warm_lr)
         with torch.no_grad():
             out["warm_x"] = ref.to_x(z0)
     cfg = HMCConfig(iters=setting.iters, leapfrog_steps=setting.leapfrog_steps, step_size=setting.step_size,
@@ -414,7 +413,7 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
     out.update(x=x, last=run.x, mean_x=run.mean_x, seconds=seconds, scores=res.trace["score"],
                projections=run.projections,
                accept=float(acc.mean()), step=float(res.trace["step_size"][-1].mean()), warmup=warm,
-               grad_evals_per_chain=warm_evals + res.grad_evals * max(1, len(setting.jitter)),
+               grad_evals_per_chain=warm_evals + res.grad_evals * views,
                mean_abs_energy_error=res.summary["mean_abs_energy_error"])
     return out
 
@@ -443,6 +442,16 @@ DIGIT_SETTINGS = {s.name: s for s in [
             iters=DIGIT_ITERS, adapt_steps=50),
     Setting("pca_t03", reference="pca", temperature=0.3, step_size=0.2, leapfrog_steps=8, mass=1.0,
             iters=DIGIT_ITERS, adapt_steps=50),
+    # slightly colder than the paper's T = 1, run as long as pca_t1_long: a sharper tilt that may still mix
+    Setting("pca_t08_long", reference="pca", temperature=0.8, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=3 * DIGIT_ITERS, adapt_steps=100),
+    Setting("pca_t07_long", reference="pca", temperature=0.7, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=3 * DIGIT_ITERS, adapt_steps=100),
+    # ... twice as long again: at T = 0.7 one node's chains still sit apart after 1500 iterations
+    Setting("pca_t07_3k", reference="pca", temperature=0.7, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=6 * DIGIT_ITERS, adapt_steps=100),
+    Setting("pca_t08_3k", reference="pca", temperature=0.8, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=6 * DIGIT_ITERS, adapt_steps=100),
     # plain gradient ascent on f_y (the T -> 0 limit, no prior) from the paper's white q, in pixels
     Setting("ascent_white", method="ascent", reference="white", step_size=0.01, iters=2400,
             note="pixels, from white noise, RMS-normalised steps of 0.01"),
@@ -574,6 +583,29 @@ IMAGENET_NAMES = dict(zip(IMAGENET_CLASSES, [
     "lemon", "pizza", "espresso"]))
 # goldfish, bald eagle, flamingo, king penguin, golden retriever, tabby, tiger, ladybug, monarch, zebra, giant panda,
 # balloon, fire engine, jack-o'-lantern, school bus, traffic light, strawberry, lemon, pizza, espresso
+
+
+def heldout_classes(n: int = 20, seed: int = 14) -> list[int]:
+    """Classes no setting was tuned on: a seeded draw from all 1000, the tuning classes above excluded. The tuning
+    classes were picked by hand and every setting was chosen on them, so their rates are optimistic."""
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted([c for c in order if c not in IMAGENET_CLASSES][:n])
+
+
+HELDOUT_CLASSES = heldout_classes()  # hen, leatherback turtle, hermit crab, Chihuahua, ... coral fungus
+
+
+def class_name(c: int) -> str:
+    """torchvision's name of an ImageNet class (../shared/data/imagenet/imagenet_classes.tsv), else its index."""
+    if c in IMAGENET_NAMES:
+        return IMAGENET_NAMES[c]
+    tsv = Path(_data_dir(argparse.Namespace(data_dir=None))) / "imagenet" / "imagenet_classes.tsv"
+    if tsv.is_file():
+        for line in tsv.read_text().splitlines()[1:]:
+            idx, _, name, *_ = line.split("\t")
+            if int(idx) == c:
+                return name
+    return str(c)
 IMAGENET_MODELS = {
     # name: spec, weights file, constructor options, (mean, std) (../shared/README.md)
     "squeezenet1_1": ("tv:squeezenet1_1", "squeezenet1_1_imagenet.safetensors", {}, None),
@@ -581,7 +613,7 @@ IMAGENET_MODELS = {
                         ((0.5,) * 3, (0.5,) * 3)),
 }
 JUDGE_OF = {"squeezenet1_1": "mobilenetv2_100", "mobilenetv2_100": "squeezenet1_1"}
-JITTER4 = [[0, 0], [0, 8], [8, 0], [8, 8]]
+JITTER = 8  # px: the score averaged over shifts (0, 0), (0, 8), (8, 0), (8, 8)
 IMAGENET_SETTINGS = {s.name: s for s in [
     # the paper's AlexNet fc8 setting (section 4.2): white q, sigma 1, T 1, eps 1, L 25, m 0.3; the paper runs 500
     # iterations, we run --paper-iters (every proposal is rejected: the state stays the starting noise)
@@ -591,25 +623,29 @@ IMAGENET_SETTINGS = {s.name: s for s in [
             mass=1.0, iters=40, adapt_steps=20, warm_opt=200),
     # the same with the score averaged over 4 fixed translations (lucent's jitter, made deterministic so HMC stays
     # exact for the node it samples)
-    Setting("pink_clip_jitter_t01", reference="pink", temperature=0.1, clip=True, jitter=JITTER4, step_size=0.01,
+    Setting("pink_clip_jitter_t01", reference="pink", temperature=0.1, clip=True, jitter=JITTER, step_size=0.01,
             leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=200),
     # ... colder, with a longer warm start: the prior's pull towards noise is 5x weaker
-    Setting("pink_clip_jitter_t002", reference="pink", temperature=0.02, clip=True, jitter=JITTER4, step_size=0.01,
+    Setting("pink_clip_jitter_t002", reference="pink", temperature=0.02, clip=True, jitter=JITTER, step_size=0.01,
             leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=400),
     # lucent's lesson in the warm start: every Adam step scores a random shift / zoom / rotation of the image
     # (RandomAffineScore), so the start is a picture that survives transforms; HMC then samples the fixed average
-    Setting("pink_aug_t01", reference="pink", temperature=0.1, clip=True, jitter=JITTER4, step_size=0.01,
+    Setting("pink_aug_t01", reference="pink", temperature=0.1, clip=True, jitter=JITTER, step_size=0.01,
             leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300, warm_augment=True),
     # ... with a quieter reference: q at 0.3 x the photos' amplitude and T = 0.01 (T / sigma^2 ~ 0.1, the same
     # balance of score and prior at the mode), so the directions the score ignores carry 0.3 x the noise
-    Setting("pink_s03_aug_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER4,
+    Setting("pink_s03_aug_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
             step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300, warm_augment=True),
     # ablation: the quieter q without the random transforms (the warm start scores the fixed 4-shift average)
-    Setting("pink_s03_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER4,
+    Setting("pink_s03_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
             step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300),
     # ... with twice the warm start (lucent takes 512 steps): its end decides most of what the judge reads
-    Setting("pink_s03_aug600_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER4,
+    Setting("pink_s03_aug600_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
             step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600, warm_augment=True),
+    # ... and longer still (exploratory, fifth session): does the warm start's length still pay after 600 steps?
+    Setting("pink_s03_aug1000_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
+            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=1000,
+            warm_augment=True),
     Setting("ascent", method="ascent", reference="white", step_size=0.02, iters=600,
             note="pixels from white noise, RMS-normalised steps of 0.02"),
     Setting("lucent", method="lucent", iters=512, chains=1,
@@ -708,7 +744,10 @@ def cmd_imagenet(args: argparse.Namespace) -> None:
     model, info = load_imagenet(args.model, wdir)
     judge_name = JUDGE_OF[args.model]
     judge, jinfo = load_imagenet(judge_name, wdir)
-    classes = args.classes or IMAGENET_CLASSES
+    class_set = HELDOUT_CLASSES if args.class_set == "heldout" else IMAGENET_CLASSES
+    classes = args.classes or class_set
+    if set(classes) - set(class_set):  # a record holds one class set, so its rate means what its name says
+        sys.exit(f"--classes {sorted(set(classes) - set(class_set))} are not in --class-set {args.class_set}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     cache = REPO / "runs" / "legibility" / "imagenet"
     cache.mkdir(parents=True, exist_ok=True)
@@ -718,11 +757,12 @@ def cmd_imagenet(args: argparse.Namespace) -> None:
             st = replace(st, iters=args.paper_iters)
         if st.method in ("hmc", "ascent"):
             st = replace(st, chains=args.chains if name != "paper" else args.paper_chains)
-        path = RESULTS / f"imagenet_{args.model}_{name}.json"
+        key = record_key(name, args.class_set)
+        path = RESULTS / f"imagenet_{args.model}_{key}.json"
         rec = json.loads(path.read_text()) if path.exists() and not args.fresh else None
         if rec is None or setting_dict(rec.get("setting")) != asdict(st):
             rec = {"benchmark": "imagenet", "model": args.model, "judge": judge_name, "setting": asdict(st),
-                   "label": st.label(), "classes": {}}
+                   "label": st.label(), "class_set": args.class_set, "classes": {}}
         rec.update(_meta(args, args.threads))  # from the first class on: a run stopped early still says what ran
         t_all = time.perf_counter()
         if st.method in ("lucent", "maco"):
@@ -769,9 +809,9 @@ def cmd_imagenet(args: argparse.Namespace) -> None:
         rec.update(_meta(args, args.threads))
         rec["seconds_this_invocation"] = time.perf_counter() - t_all
         save_record(path, rec, summarize=True)  # merges what other processes recorded for other classes
-        imagenet_grid(args.model, name, [int(c) for c in rec["classes"]], cache, st.chains)
+        imagenet_grid(args.model, name, [int(c) for c in rec["classes"]], cache, st.chains, key)
         a = rec["summary"]
-        print(f"{args.model} {name}: top-1 {a['top1']['p']:.3f} top-5 {a['top5']['p']:.3f} (n {a['top5']['n']}), "
+        print(f"{args.model} {key}: top-1 {a['top1']['p']:.3f} top-5 {a['top5']['p']:.3f} (n {a['top5']['n']}), "
               f"{a['seconds_per_class_median']:.0f} s per class", flush=True)
 
 
@@ -784,7 +824,23 @@ def setting_dict(stored: dict | None) -> dict | None:
 
     defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                 for f in dataclasses.fields(Setting) if f.name != "name"}
-    return {**defaults, **{k: v for k, v in stored.items() if k in defaults or k == "name" or v}}
+    out = {**defaults, **{k: v for k, v in stored.items() if k in defaults or k == "name" or v}}
+    if isinstance(out["jitter"], list):  # written when jitter was the list of shifts [[0, 0], [0, j], [j, 0], [j, j]]
+        shifts = out["jitter"]
+        j = shifts[1][1] if len(shifts) == 4 else None
+        if not shifts:
+            out["jitter"] = 0
+        elif shifts == [[0, 0], [0, j], [j, 0], [j, j]]:
+            out["jitter"] = j  # any other list is no setting of today's and matches none
+    return out
+
+
+def current_label(stored: dict) -> str:
+    """A stored setting's label as this code writes it (records keep the label of the code that ran them)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(Setting)}
+    return Setting(**{k: v for k, v in setting_dict(stored).items() if k in names}).label()
 
 
 def save_record(path: Path, rec: dict, summarize: bool = False) -> None:
@@ -845,8 +901,15 @@ def summarize_imagenet(rec: dict, classes: list[int]) -> None:
     rec["summary"] = summ
 
 
-def imagenet_grid(model: str, setting: str, classes: list[int], cache: Path, chains: int, size: int = 112) -> None:
-    """All classes of a setting, one row per class (its chains side by side), at ``size`` px."""
+def record_key(setting: str, class_set: str | None) -> str:
+    """A record's (and its grid's) name: the setting, and ``_heldout`` for the held-out classes."""
+    return setting + ("_heldout" if class_set == "heldout" else "")
+
+
+def imagenet_grid(model: str, setting: str, classes: list[int], cache: Path, chains: int, key: str | None = None,
+                  size: int = 112) -> None:
+    """All classes of a setting, one row per class (its chains side by side), at ``size`` px; saved under ``key``
+    (default the setting)."""
     import torchvision.utils as vutils
 
     rows = []
@@ -861,7 +924,7 @@ def imagenet_grid(model: str, setting: str, classes: list[int], cache: Path, cha
     n = max(1, min(chains, pix.shape[0]))
     nrow = n * max(1, 10 // n)  # 10 images a row: a class's chains side by side, 5 (or 10) classes a row
     vutils.save_image(vutils.make_grid(pix, nrow=nrow, padding=2, pad_value=1.0),
-                      str(IMAGES / f"legibility_imagenet_{model}_{setting}.png"))
+                      str(IMAGES / f"legibility_imagenet_{model}_{key or setting}.png"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -912,30 +975,74 @@ def _pct(p: dict | None) -> str:
     return "-" if not p else f"{100 * p['p']:.1f}%"
 
 
+def class_rates(rec: dict) -> dict[str, float]:
+    """A record's rate per class over its chains: the judge's agreement (digits) or top-5 (ImageNet)."""
+    if rec.get("benchmark") == "digits":
+        return {str(k): float(p) for k, p in enumerate(rec["judge_per_class"])}
+    return {c: sum(r < 5 for r in v["ranks"]) / len(v["ranks"]) for c, v in rec["classes"].items()}
+
+
 def paired_difference(a: dict, b: dict, n_boot: int = 4000, seed: int = 0) -> dict | None:
-    """Top-5 rate of record a minus that of b over the classes both sampled, with a percentile 95% interval from
+    """Rate of record a minus that of b over the classes both sampled, with a percentile 95% interval from
     resampling those classes (paired: a class's difficulty cancels)."""
-    common = sorted(set(a["classes"]) & set(b["classes"]), key=int)
+    ra, rb = class_rates(a), class_rates(b)
+    common = sorted(set(ra) & set(rb), key=int)
     if len(common) < 5:
         return None
-
-    def rate(rec: dict, c: str) -> float:
-        ranks = rec["classes"][c]["ranks"]
-        return sum(r < 5 for r in ranks) / len(ranks)
-
-    diffs = [rate(a, c) - rate(b, c) for c in common]
+    diffs = [ra[c] - rb[c] for c in common]
     rng = random.Random(seed)
     boots = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(n_boot))
     return {"classes": len(common), "diff": sum(diffs) / len(diffs),
             "ci": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]]}
 
 
+# the benchmark setting each shipped digit preset is (zoo_configs/hmc/mnist_legible.yaml, fashion_mnist_legible.yaml)
+DIGIT_PRESET_SETTING = {"mnist": "pca_t08_3k", "fashion-mnist": "pca_t08_3k"}
+
+
+def digit_paired_lines(dataset: str, rows: list[dict]) -> list[str]:
+    """Each setting minus the shipped preset's, judge agreement paired by class."""
+    base = next((r for r in rows if r["setting"]["name"] == DIGIT_PRESET_SETTING[dataset]), None)
+    if base is None or len(rows) < 2:
+        return []
+    out = [f"{dataset}: each setting minus `{base['setting']['name']}` (the shipped preset's setting), judge agreement "
+           "points over the 10 classes (95% interval from resampling classes; each class's rate is over its "
+           "chains):", "", "| setting | chains per class | difference (95% interval) |", "|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r["judge_agreement"]["p"]):
+        d = paired_difference(r, base) if r is not base else None
+        if d:
+            out.append(f"| `{r['setting']['name']}` | {r['setting']['chains']} | {100 * d['diff']:+.1f} "
+                       f"({100 * d['ci'][0]:+.1f} .. {100 * d['ci'][1]:+.1f}) |")
+    return out + [""]
+
+
+def pooled_lines(rows: list[dict]) -> list[str]:
+    """Settings run on both class sets: top-5 over the tuning and held-out classes together."""
+    out = []
+    for r in rows:
+        held = next((h for h in rows if h.get("class_set") == "heldout" and r.get("class_set", "tuning") == "tuning"
+                     and h["model"] == r["model"] and setting_dict(h["setting"]) == setting_dict(r["setting"])), None)
+        if held is None:
+            continue
+        ranks, groups = [], []
+        for rec in (r, held):
+            for c, v in rec["classes"].items():
+                ranks += v["ranks"]
+                groups += [int(c)] * len(v["ranks"])
+        both = proportion(torch.tensor(ranks) < 5, torch.tensor(groups))
+        out.append(f"- {r['model']}, `{r['setting']['name']}` over the tuning and held-out classes together "
+                   f"({len(set(groups))} classes): top-5 {_ci(both)}, "
+                   f"{_decide(*_bounds(both), IMAGENET_TOP5_TARGET)}")
+    return out + [""] if out else []
+
+
 def paired_lines(rows: list[dict]) -> list[str]:
     """Each model's best sampler setting (HMC; by top-5 among those with the most classes) against each other
     setting, the optimisation baselines included, paired by class."""
     out = []
-    for model in sorted({r["model"] for r in rows}):
-        mine = sorted((r for r in rows if r["model"] == model),
+    for model, class_set in sorted({(r["model"], r.get("class_set", "tuning")) for r in rows},
+                                   key=lambda k: (k[0], k[1] == "heldout")):
+        mine = sorted((r for r in rows if r["model"] == model and r.get("class_set", "tuning") == class_set),
                       key=lambda r: (-r["summary"]["top5"]["p"], r["setting"]["name"] == "paper"))
         hmc = [r for r in mine if r["setting"].get("method", "hmc") == "hmc"]
         if len(mine) < 2 or not hmc:
@@ -943,8 +1050,10 @@ def paired_lines(rows: list[dict]) -> list[str]:
         most = max(len(r["classes"]) for r in hmc)
         best = next(r for r in hmc if len(r["classes"]) == most)
         mine = [best] + [r for r in mine if r is not best]
-        out += [f"{model}: `{best['setting']['name']}` minus each other setting, top-5 points over the classes both "
-                "sampled (95% interval from resampling classes; each class's rate is over its chains):", "",
+        where = " (held-out classes)" if class_set == "heldout" else ""
+        out += [f"{model}{where}: `{best['setting']['name']}` minus each other setting, top-5 points over the "
+                "classes both sampled (95% interval from resampling classes; each class's rate is over its "
+                "chains):", "",
                 "| other setting | classes | difference (95% interval) |", "|---|---|---|"]
         for r in mine[1:]:
             d = paired_difference(best, r)
@@ -958,6 +1067,9 @@ def paired_lines(rows: list[dict]) -> list[str]:
 def cmd_report(args: argparse.Namespace) -> None:
     """docs/results/legibility.md from every JSON record in docs/results/legibility/ (and NOTE.md beside them)."""
     recs = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
+    for r in recs:
+        if r.get("setting"):
+            r["label"] = current_label(r["setting"])
     lines = ["# Legibility of generative-visualization samples", "",
              "Generated by `python benchmarks/legibility.py report` from the JSON records in "
              "[legibility/](legibility/) (one per dataset or model and setting; each holds its command, device, "
@@ -994,6 +1106,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                          f"{_num(conv.get('rhat_max'))}{nodes} | {_num(r['accept'], '.2f')} | "
                          f"{100 * r['lenet_agreement']:.0f}% | {r['seconds']:.0f} | {_digit_verdict(r)} |")
         lines.append("")
+        lines += digit_paired_lines(dataset, rows)
         for r in sorted(rows, key=lambda r: -r["judge_agreement"]["p"]):
             if r.get("grid") and r["setting"]["name"] in args.show:
                 lines += [f"`{r['setting']['name']}` ({r['label']}), rows 0-9, one column per chain:", "",
@@ -1005,7 +1118,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         cache = REPO / "runs" / "legibility" / "imagenet"
         if cache.is_dir():  # the samples of this machine's runs: redraw the grid
             imagenet_grid(r["model"], r["setting"]["name"], [int(c) for c in r["classes"]], cache,
-                          r["setting"]["chains"])
+                          r["setting"]["chains"], record_key(r["setting"]["name"], r.get("class_set")))
     if rows:
         lines += ["## ImageNet: class nodes judged by the other network", "",
                   f"Top-1 / top-5: the judge's rank of the sampled class; target top-5 >= "
@@ -1016,25 +1129,32 @@ def cmd_report(args: argparse.Namespace) -> None:
                   "iteration (what the sampler adds or takes away).", "",
                   "| sampled -> judge | setting | classes | top-1 | top-5 (95% interval), k/n | warm start | own top-1 "
                   "| R-hat max (nodes ok) | s per class | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(rows, key=lambda r: (r["model"], -r["summary"]["top5"]["p"])):
+        for r in sorted(rows, key=lambda r: (r["model"], r.get("class_set") == "heldout", -r["summary"]["top5"]["p"])):
             sm = r["summary"]
             verdict = _decide(*_bounds(sm["top5"]), IMAGENET_TOP5_TARGET)
+            if sm["classes"] < len(IMAGENET_CLASSES):  # the classes run, not a draw from the set: say so
+                verdict += f" on {sm['classes']} of {len(IMAGENET_CLASSES)} classes"
             nodes = f" ({sm['nodes_rhat_le_1.05']}/{sm['classes']})" if "nodes_rhat_le_1.05" in sm else ""
-            lines.append(f"| {r['model']} -> {r['judge']} | `{r['setting']['name']}`: {r['label']} | {sm['classes']} "
+            held = " held-out" if r.get("class_set") == "heldout" else ""
+            lines.append(f"| {r['model']} -> {r['judge']} | `{r['setting']['name']}`: {r['label']} | "
+                         f"{sm['classes']}{held} "
                          f"| {100 * sm['top1']['p']:.1f}% | {_ci(sm['top5'])} | "
                          f"{_pct(sm.get('warm_top5'))} | {100 * sm['own_top1']:.0f}% | "
                          f"{_num(sm.get('rhat_max'))}{nodes} | {sm['seconds_per_class_median']:.0f} | "
                          f"{verdict} |")
         lines.append("")
+        lines += pooled_lines(rows)
         lines += paired_lines(rows)
-        for r in sorted(rows, key=lambda r: (r["model"], -r["summary"]["top5"]["p"])):
-            img = IMAGES / f"legibility_imagenet_{r['model']}_{r['setting']['name']}.png"
+        for r in sorted(rows, key=lambda r: (r["model"], r.get("class_set") == "heldout", -r["summary"]["top5"]["p"])):
+            key = record_key(r["setting"]["name"], r.get("class_set"))
+            img = IMAGES / f"legibility_imagenet_{r['model']}_{key}.png"
             if img.is_file() and r["setting"]["name"] in args.show:
-                order = ", ".join(IMAGENET_NAMES.get(int(c), c) for c in r["classes"])
+                order = ", ".join(class_name(int(c)) for c in r["classes"])
                 per = f"{r['setting']['chains']} chains of a class side by side, " if r["setting"]["chains"] > 1 else ""
-                lines += [f"{r['model']}, `{r['setting']['name']}` ({r['label']}); {per}classes in reading order: "
-                          f"{order}:", "",
-                          f"![{r['model']} {r['setting']['name']}](../images/{img.name})", ""]
+                held = "held-out " if r.get("class_set") == "heldout" else ""
+                lines += [f"{r['model']}, `{r['setting']['name']}` ({r['label']}); {per}{held}classes in reading "
+                          f"order: {order}:", "",
+                          f"![{r['model']} {key}](../images/{img.name})", ""]
     note = RESULTS / "NOTE.md"
     if note.is_file():
         lines += [note.read_text().rstrip(), ""]
@@ -1080,7 +1200,10 @@ def main(argv: list[str] | None = None) -> None:
     m = sub.add_parser("imagenet", help="ImageNet class samples judged by the other network")
     m.add_argument("--model", choices=list(IMAGENET_MODELS), default="squeezenet1_1")
     m.add_argument("--settings", nargs="+", default=list(IMAGENET_SETTINGS), choices=list(IMAGENET_SETTINGS))
-    m.add_argument("--classes", type=int, nargs="+", default=None)
+    m.add_argument("--classes", type=int, nargs="+", default=None, help="default: every class of --class-set")
+    m.add_argument("--class-set", choices=["tuning", "heldout"], default="tuning",
+                   help="tuning: the 20 classes settings were chosen on; heldout: 20 drawn at random from the rest "
+                        "(their own records, *_heldout.json)")
     m.add_argument("--chains", type=int, default=4)
     m.add_argument("--paper-iters", type=int, default=4)
     m.add_argument("--paper-chains", type=int, default=2)

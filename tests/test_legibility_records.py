@@ -1,0 +1,93 @@
+"""The legibility benchmark's bookkeeping: held-out classes, old records still matching, and the sampled function
+being the library's (benchmarks/legibility.py is a script; these are its parts that decide what a number means)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import legibility as L  # noqa: E402
+
+from gencnn_plugin import create_model  # noqa: E402
+from gencnn_plugin.hmc import HMCConfig  # noqa: E402
+from gencnn_plugin.nodes import node_score  # noqa: E402
+from gencnn_plugin.visualize import score_view  # noqa: E402
+
+
+def test_heldout_classes_are_a_fixed_draw_outside_the_tuning_classes():
+    held = L.heldout_classes()
+    assert held == L.HELDOUT_CLASSES == [8, 34, 125, 151, 194, 250, 258, 322, 331, 352, 367, 462, 540, 634, 835, 852,
+                                         895, 962, 964, 991]  # the recorded draw (hen ... coral fungus)
+    assert len(held) == len(set(held)) == 20 and all(0 <= c < 1000 for c in held)
+    assert not set(held) & set(L.IMAGENET_CLASSES)
+    assert L.heldout_classes(seed=15) != held
+
+
+def test_a_record_written_before_the_jitter_field_changed_still_matches():
+    """Records stored jitter as its list of shifts and had no warm_augment field: they are the same setting."""
+    st = L.IMAGENET_SETTINGS["pink_s03_t001"]
+    old = {k: v for k, v in asdict(st).items() if k != "warm_augment"}
+    old["jitter"] = [[0, 0], [0, 8], [8, 0], [8, 8]]
+    assert L.setting_dict(old) == asdict(st)
+    for other in ([[0, 0], [0, 4], [4, 0], [4, 4]], [[0, 0], [0, 8]], [[0, 0], [8, 8], [0, 8], [8, 0]]):
+        old["jitter"] = other
+        assert L.setting_dict(old) != asdict(st)
+    old["jitter"] = []
+    assert L.setting_dict(old)["jitter"] == 0
+    assert L.record_key("x", "heldout") == "x_heldout" and L.record_key("x", "tuning") == L.record_key("x", None) == "x"
+
+
+RECORDS = sorted((Path(__file__).resolve().parent.parent / "docs" / "results" / "legibility").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
+def test_every_committed_record_is_a_setting_of_todays_code(path):
+    """What the report says a record ran (its label, its class set) is what today's Setting of that name runs, up to
+    the run's own chains and iterations."""
+    rec = json.loads(path.read_text())
+    stored = L.setting_dict(rec["setting"])
+    names = {f.name for f in fields(L.Setting)}
+    assert set(stored) <= names
+    table = L.DIGIT_SETTINGS if rec["benchmark"] == "digits" else L.IMAGENET_SETTINGS
+    today = asdict(table[stored["name"]])
+    for k in ("chains", "iters"):  # set by --chains, --paper-iters
+        today.pop(k), stored.pop(k)
+    assert stored == today
+    if rec["benchmark"] == "imagenet":
+        want = L.HELDOUT_CLASSES if rec.get("class_set") == "heldout" else L.IMAGENET_CLASSES
+        assert {int(c) for c in rec["classes"]} <= set(want)
+        assert path.stem.endswith("_heldout") == (rec.get("class_set") == "heldout")
+
+
+def test_the_benchmark_samples_the_librarys_view_of_the_node():
+    """The 4-shift average of the clipped pixels, built here by hand: the benchmark's score is that function."""
+    from gencnn_plugin.reference import PixelClippedScore, TransformAveragedScore
+
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    st = L.Setting("s", jitter=2, clip=True)
+    x = torch.randn(3, 1, 28, 28) * 3
+    base = node_score(model, info, ["logits:3"])
+    want = PixelClippedScore(TransformAveragedScore(base, [(0, 0), (0, 2), (2, 0), (2, 2)]), info)(x)
+    got = L.build_score(model, info, ["logits:3"], st)(x)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, PixelClippedScore(base, info)(x))  # the jitter is not ignored
+    torch.testing.assert_close(got, score_view(base, info, HMCConfig(jitter=2, clip=True))(x))
+    assert L.Setting("s", jitter=2).label().endswith("jitter 2 px; last")
+
+
+def test_paired_difference_pairs_by_class_for_both_benchmarks():
+    digits_a = {"benchmark": "digits", "judge_per_class": [1.0] * 10}
+    digits_b = {"benchmark": "digits", "judge_per_class": [1.0] * 9 + [0.5]}
+    d = L.paired_difference(digits_a, digits_b)
+    assert d["classes"] == 10 and abs(d["diff"] - 0.05) < 1e-12 and d["ci"][0] == 0.0 and d["ci"][1] > 0.05
+    assert L.paired_difference(digits_b, digits_b)["ci"] == [0.0, 0.0]
+    imagenet = {"classes": {str(c): {"ranks": [0, 7]} for c in range(6)}}
+    assert L.class_rates(imagenet) == {str(c): 0.5 for c in range(6)}
+    assert L.paired_difference(imagenet, {"classes": {"0": {"ranks": [0]}}}) is None  # under 5 classes in common
