@@ -577,10 +577,6 @@ def save_digit_grid(pix: torch.Tensor, chains: int, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 IMAGENET_CLASSES = [1, 22, 130, 145, 207, 281, 292, 301, 323, 340, 388, 417, 555, 607, 779, 920, 949, 951, 963, 967]
-IMAGENET_NAMES = dict(zip(IMAGENET_CLASSES, [
-    "goldfish", "bald eagle", "flamingo", "king penguin", "golden retriever", "tabby", "tiger", "ladybug", "monarch",
-    "zebra", "giant panda", "balloon", "fire engine", "jack-o'-lantern", "school bus", "traffic light", "strawberry",
-    "lemon", "pizza", "espresso"]))
 # goldfish, bald eagle, flamingo, king penguin, golden retriever, tabby, tiger, ladybug, monarch, zebra, giant panda,
 # balloon, fire engine, jack-o'-lantern, school bus, traffic light, strawberry, lemon, pizza, espresso
 
@@ -596,16 +592,10 @@ HELDOUT_CLASSES = heldout_classes()  # hen, leatherback turtle, hermit crab, Chi
 
 
 def class_name(c: int) -> str:
-    """torchvision's name of an ImageNet class (../shared/data/imagenet/imagenet_classes.tsv), else its index."""
-    if c in IMAGENET_NAMES:
-        return IMAGENET_NAMES[c]
-    tsv = Path(_data_dir(argparse.Namespace(data_dir=None))) / "imagenet" / "imagenet_classes.tsv"
-    if tsv.is_file():
-        for line in tsv.read_text().splitlines()[1:]:
-            idx, _, name, *_ = line.split("\t")
-            if int(idx) == c:
-                return name
-    return str(c)
+    """An ImageNet class's short name: timm's description (as ``create_model`` names the classes), first part."""
+    from timm.data import ImageNetInfo
+
+    return ImageNetInfo().index_to_description(c).split(",")[0]
 IMAGENET_MODELS = {
     # name: spec, weights file, constructor options, (mean, std) (../shared/README.md)
     "squeezenet1_1": ("tv:squeezenet1_1", "squeezenet1_1_imagenet.safetensors", {}, None),
