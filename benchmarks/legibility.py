@@ -257,7 +257,7 @@ class Setting:
     jitter: int = 0
     warm_opt: int = 0
     warm_lr: float = 0.05
-    warm_augment: bool = False
+    warm_augment: str = "off"  # HMCConfig.warm_augment: off, standard or wide random transforms in the warm start
     note: str = ""
 
     def label(self) -> str:
@@ -265,7 +265,8 @@ class Setting:
             return f"{self.method}" + (f" ({self.note})" if self.note else "")
         extra = (", clip" if self.clip else "") + (f", jitter {self.jitter} px" if self.jitter else "") + \
             (f", warm Adam {self.warm_opt}" if self.warm_opt else "") + \
-            (" (random shift/zoom/rotation)" if self.warm_augment else "")
+            ({"off": "", "standard": " (random shift/zoom/rotation)",
+              "wide": " (wide random shift/zoom/rotation)"}[self.warm_augment])
         return (f"{self.reference} s={self.sigma:g} T={self.temperature:g}; eps {self.step_size:g} L "
                 f"{self.leapfrog_steps} m {self.mass:g} iters {self.iters} (adapt {self.adapt_steps}){extra}; "
                 f"{self.display}")
@@ -390,7 +391,8 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
                    scores=None, projections=None, accept=None)
         return out
     views = 4 if setting.jitter else 1  # forward passes per score evaluation
-    warm_evals = setting.warm_opt * (1 if setting.warm_augment else views)  # random transforms replace the average
+    # random transforms replace the average
+    warm_evals = setting.warm_opt * (1 if setting.warm_augment != "off" else views)
     if setting.warm_opt:  # the library's warm start: Adam on U(z) = -f / T + |z|^2 / 2
         from gencnn_plugin.nodes import node_score
         from gencnn_plugin.visualize import warm_start, warm_view
@@ -621,21 +623,28 @@ IMAGENET_SETTINGS = {s.name: s for s in [
     # lucent's lesson in the warm start: every Adam step scores a random shift / zoom / rotation of the image
     # (RandomAffineScore), so the start is a picture that survives transforms; HMC then samples the fixed average
     Setting("pink_aug_t01", reference="pink", temperature=0.1, clip=True, jitter=JITTER, step_size=0.01,
-            leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300, warm_augment=True),
+            leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300, warm_augment="standard"),
     # ... with a quieter reference: q at 0.3 x the photos' amplitude and T = 0.01 (T / sigma^2 ~ 0.1, the same
     # balance of score and prior at the mode), so the directions the score ignores carry 0.3 x the noise
     Setting("pink_s03_aug_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
-            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300, warm_augment=True),
+            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300,
+            warm_augment="standard"),
     # ablation: the quieter q without the random transforms (the warm start scores the fixed 4-shift average)
     Setting("pink_s03_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
             step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=300),
     # ... with twice the warm start (lucent takes 512 steps): its end decides most of what the judge reads
     Setting("pink_s03_aug600_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
-            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600, warm_augment=True),
+            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600,
+            warm_augment="standard"),
     # ... and longer still (exploratory, fifth session): does the warm start's length still pay after 600 steps?
     Setting("pink_s03_aug1000_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
             step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=1000,
-            warm_augment=True),
+            warm_augment="standard"),
+    # sixth session: the 600-step warm start with the wide transform range (4x the shift, zoom 0.6-1.2, 20 degrees),
+    # chosen by benchmarks/augment_probe.py on the tuning classes' warm starts alone, then run here on both sets
+    Setting("pink_s03_wide600_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
+            step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600,
+            warm_augment="wide"),
     Setting("ascent", method="ascent", reference="white", step_size=0.02, iters=600,
             note="pixels from white noise, RMS-normalised steps of 0.02"),
     Setting("lucent", method="lucent", iters=512, chains=1,
@@ -822,6 +831,8 @@ def setting_dict(stored: dict | None) -> dict | None:
             out["jitter"] = 0
         elif shifts == [[0, 0], [0, j], [j, 0], [j, j]]:
             out["jitter"] = j  # any other list is no setting of today's and matches none
+    if isinstance(out["warm_augment"], bool):  # written when it was on/off: on was today's standard range
+        out["warm_augment"] = "standard" if out["warm_augment"] else "off"
     return out
 
 

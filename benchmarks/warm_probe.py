@@ -37,7 +37,7 @@ def main() -> None:
         ref = make_reference("pink", info, sigma=s)
         z0 = initial_z(ref, len(classes), 0)
         t0 = time.perf_counter()
-        z = warm_start(score, ref, z0, HMCConfig(temperature=T, warm_start=300, warm_augment=True, seed=0))
+        z = warm_start(score, ref, z0, HMCConfig(temperature=T, warm_start=300, warm_augment="standard", seed=0))
         with torch.no_grad():
             x = ref.to_x(z)
         pix = L.to_pixels(x, info)

@@ -64,11 +64,13 @@ class HMCConfig:
     warm_start: int = setting(0, "Adam steps (lr 0.05) that move the starting states towards low U(x) before "
                                  "sampling; like warm-up, they are not samples", ge=0, le=1_000_000,
                               label="warm-start steps")
-    warm_augment: bool = setting(False, "with warm-start steps: each scores a random shift (<= 8 px at 224 px, in "
-                                        "proportion at other sizes), zoom (0.95-1.05) and rotation (<= 10 deg) of "
-                                        "every image (after lucent's standard transforms) instead of the jitter "
-                                        "average: starts that survive transforms; not part of the chain",
-                                 label="warm-start transforms")
+    warm_augment: str = setting("off", "with warm-start steps: each scores a random shift, zoom and rotation of "
+                                       "every image instead of the jitter average, so the starts survive transforms "
+                                       "(not part of the chain): off; standard (<= 8 px at 224 px, in proportion at "
+                                       "other sizes, zoom 0.95-1.05, <= 10 deg: after lucent's standard "
+                                       "transforms); wide (<= 32 px, zoom 0.6-1.2, <= 20 deg: objects, not tiled "
+                                       "textures)", choices=("off", "standard", "wide"),
+                                legacy={True: "standard", False: "off"}, label="warm-start transforms")
 
     def __post_init__(self) -> None:
         check(self)

@@ -631,21 +631,33 @@ class TransformAveragedScore(nn.Module):
         return f.view(x.shape[0], k).mean(1)
 
 
+# the warm start's random transforms by name (HMCConfig.warm_augment): the largest shift as a fraction of the side,
+# the zoom range (< 1 shows a smaller copy of the image, reflected at its borders) and the largest rotation in degrees
+WARM_TRANSFORMS: dict[str, tuple[float, tuple[float, float], float]] = {
+    "standard": (8 / 224, (0.95, 1.05), 10.0),  # after lucent's standard_transforms, its zoom narrowed
+    # 4x the shift, mostly zoom-out, 2x the rotation: what scores well must be an object seen at several sizes and
+    # places, not a texture tiled to the pixel (benchmarks/augment_probe.py: chosen on the tuning classes)
+    "wide": (32 / 224, (0.60, 1.20), 20.0),
+}
+
+
 class RandomAffineScore(nn.Module):
     """f(tau x) with tau a fresh random shift, zoom and rotation per image at every call: after lucent's
     ``standard_transforms`` (jitter 8 px, rotate +-10 degrees), with its zoom 0.90-1.10 narrowed to 0.95-1.05,
     reflected borders instead of grey padding, and one transform per image instead of one per batch. ``shift`` is
     the largest translation as a fraction of the side (8 px at 224 px), so 28-px digits move in proportion.
 
-    Random, so it is never what HMC samples: it shapes the warm start only (:func:`visualize.warm_start`), whose
+    ``WARM_TRANSFORMS`` names this default range ("standard") and a wider one. Random, so it is never what HMC
+    samples: it shapes the warm start only (:func:`visualize.warm_start`), whose
     path is not part of the chain. Its generator is seeded, so a warm start repeats; ``rows`` of ``total`` (as for
     HMC's noise) make chains split over devices draw what they would draw in one run. Unlike torchvision's
     ``RandomAffine`` (one transform per call), every chain gets its own, in one ``grid_sample`` that gradients
     pass through. Identity ranges give f(x) up to the resampling's rounding.
     """
 
-    def __init__(self, score_fn: Callable[[torch.Tensor], torch.Tensor], shift: float = 8 / 224,
-                 zoom: tuple[float, float] = (0.95, 1.05), degrees: float = 10.0, seed: int = 0,
+    def __init__(self, score_fn: Callable[[torch.Tensor], torch.Tensor], shift: float = WARM_TRANSFORMS["standard"][0],
+                 zoom: tuple[float, float] = WARM_TRANSFORMS["standard"][1],
+                 degrees: float = WARM_TRANSFORMS["standard"][2], seed: int = 0,
                  rows: torch.Tensor | None = None, total: int | None = None) -> None:
         super().__init__()
         self.score_fn = score_fn

@@ -20,6 +20,7 @@ from .files import atomic_path
 from .hmc import HMCConfig, HMCResult, HMCStep, hmc_sample, summarize
 from .nodes import Node, NodeScore, node_score
 from .reference import (
+    WARM_TRANSFORMS,
     ChainMonitor,
     PixelClippedScore,
     RandomAffineScore,
@@ -244,19 +245,21 @@ def score_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Modul
 def warm_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module:
     """What the warm start scores: the sampled view, without its jitter average under ``warm_augment`` (the random
     shift replaces it, at a quarter of the work)."""
-    return score_view(score, info, replace(config, jitter=0) if config.warm_augment else config)
+    return score_view(score, info, replace(config, jitter=0) if config.warm_augment != "off" else config)
 
 
 def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HMCConfig, lr: float = 0.05,
                stop=None, rows: torch.Tensor | None = None, total: int | None = None) -> torch.Tensor:
     """``config.warm_start`` Adam steps on U(z) = -f(mu + A z) / T + |z|^2 / 2 from z0 (each chain on its own: the
     sum of independent terms): starting states near a mode, so a short run at low T starts where p puts its mass.
-    With ``config.warm_augment`` each step scores a random shift, zoom and rotation of the images
-    (:class:`RandomAffineScore` around ``fn``; pass :func:`warm_view`'s score, without the jitter average, which
-    the random shift replaces; ``rows`` of ``total``: these chains' place in a run split over devices).
+    With ``config.warm_augment`` (a range of ``WARM_TRANSFORMS``) each step scores a random shift, zoom and rotation
+    of the images (:class:`RandomAffineScore` around ``fn``; pass :func:`warm_view`'s score, without the jitter
+    average, which the random shift replaces; ``rows`` of ``total``: these chains' place in a run split over
+    devices).
     The path is not part of the chain; HMC from the result is exact as from any start."""
-    if config.warm_augment:
-        fn = RandomAffineScore(fn, seed=config.seed, rows=rows, total=total)
+    if config.warm_augment != "off":
+        shift, zoom, degrees = WARM_TRANSFORMS[config.warm_augment]
+        fn = RandomAffineScore(fn, shift=shift, zoom=zoom, degrees=degrees, seed=config.seed, rows=rows, total=total)
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     for _ in range(config.warm_start):
@@ -458,8 +461,8 @@ def caption(run: SampleRun, show: str = "sample") -> str:
     named = s.get("reference", c.reference)
     q = f"N(0, {c.sigma:g}^2 I)" if c.reference == "white" else f"{named} (sigma {c.sigma:g})"
     view = (f", f averaged over 4 shifts of {c.jitter} px" if c.jitter else "") + (", clipped pixels" if c.clip else "")
-    view += (f", {c.warm_start} warm-start steps" + (" (random transforms)" if c.warm_augment else "")
-             if c.warm_start else "")
+    moves = f" ({c.warm_augment} random transforms)" if c.warm_augment != "off" else ""
+    view += f", {c.warm_start} warm-start steps{moves}" if c.warm_start else ""
     return (f"{run.info.model} {nodes}, {shown}: q = {q}, T = {c.temperature:g}{view}; {s['iters']} iterations x "
             f"{c.trajectory_steps} leapfrog steps (step {c.step_size:g}, mass {c.mass:g}); acceptance "
             f"{s['accept_rate']:.2f}; R-hat {r:.2f}{flag}")

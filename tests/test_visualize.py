@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -249,7 +250,7 @@ def test_random_transforms_of_the_warm_start():
     torch.testing.assert_close(RandomAffineScore(lambda v: v, 3 / 28, (0.9, 1.1), 10.0, seed=5)(x), a)  # repeats
     const = RandomAffineScore(lambda v: v, 0.3, (0.9, 1.1), 10.0)(torch.full((2, 1, 28, 28), 0.7))
     torch.testing.assert_close(const, torch.full_like(const, 0.7))  # reflected borders: no black corners
-    cfg = HMCConfig(jitter=2, clip=True, warm_start=5, warm_augment=True)
+    cfg = HMCConfig(jitter=2, clip=True, warm_start=5, warm_augment="standard")
     warm = warm_view(score, info, cfg)
     assert isinstance(warm, PixelClippedScore) and not isinstance(warm.score_fn, TransformAveragedScore)
     assert isinstance(score_view(score, info, cfg).score_fn, TransformAveragedScore)  # HMC: the fixed average
@@ -265,21 +266,50 @@ def test_random_transforms_of_the_warm_start():
 
     RandomAffineScore.forward = counted
     try:
-        run = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20, warm_augment=True))
+        run = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20, warm_augment="standard"))
     finally:
         RandomAffineScore.forward = forward
     assert calls == [2] * 20  # every warm-start step, and nothing the chain evaluates
-    again = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20, warm_augment=True))
+    again = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20, warm_augment="standard"))
     plain = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20))
     torch.testing.assert_close(run.result.x, again.result.x)
     assert not torch.allclose(run.result.x, plain.result.x)
     assert "random transforms" in caption(run)
-    idle = sample_node(model, info, "logits:3", HMCConfig(**base, warm_augment=True))  # no warm start: no effect
+    idle = sample_node(model, info, "logits:3", HMCConfig(**base, warm_augment="standard"))  # no warm start: no effect
     torch.testing.assert_close(idle.result.x, sample_node(model, info, "logits:3", HMCConfig(**base)).result.x)
-    split = sample_node(model, info, "logits:3", HMCConfig(**{**base, "chains": 4}, warm_start=5, warm_augment=True),
-                        devices=["cpu", "cpu"])  # each part draws its own chains' transforms, as one run does
-    whole = sample_node(model, info, "logits:3", HMCConfig(**{**base, "chains": 4}, warm_start=5, warm_augment=True))
+    wide = sample_node(model, info, "logits:3", HMCConfig(**base, warm_start=20, warm_augment="wide"))
+    assert not torch.allclose(run.result.x, wide.result.x) and "wide random transforms" in caption(wide)
+    four = HMCConfig(**{**base, "chains": 4}, warm_start=5, warm_augment="standard")
+    split = sample_node(model, info, "logits:3", four, devices=["cpu", "cpu"])  # each part draws its own chains'
+    whole = sample_node(model, info, "logits:3", four)  # transforms, as one run does
     torch.testing.assert_close(split.result.x, whole.result.x, rtol=1e-5, atol=1e-5)
+
+
+def test_warm_transforms_are_named_ranges_and_old_booleans_still_load():
+    """warm_augment names a range of WARM_TRANSFORMS; a preset or config written when it was on/off still loads
+    (on was the standard range), on the command line too; wide draws larger moves than standard."""
+    from gencnn_plugin.reference import WARM_TRANSFORMS, RandomAffineScore
+    from gencnn_plugin.settings import SettingsError, add_flags, from_mapping, given
+
+    assert HMCConfig().warm_augment == "off"
+    assert HMCConfig(warm_augment=True).warm_augment == "standard"
+    assert HMCConfig(warm_augment=False).warm_augment == "off"
+    assert from_mapping(HMCConfig, {"warm_augment": True}).warm_augment == "standard"
+    with pytest.raises(SettingsError, match="warm_augment"):
+        HMCConfig(warm_augment="wider")
+    parser = argparse.ArgumentParser()
+    add_flags(parser, HMCConfig)
+    assert given(parser.parse_args(["--warm-augment", "wide"]), HMCConfig) == {"warm_augment": "wide"}
+    default = RandomAffineScore(lambda v: v)
+    assert (default.shift, default.zoom, default.degrees) == WARM_TRANSFORMS["standard"]
+    x = torch.zeros(64, 1, 28, 28)
+    moves = {}
+    for name, (shift, zoom, degrees) in WARM_TRANSFORMS.items():
+        th = RandomAffineScore(lambda v: v, shift, zoom, degrees, seed=1).thetas(64, x.device)
+        moves[name] = th[:, :, 2].abs().max()
+        scale = th[:, 0, :2].norm(dim=1)  # 1 / zoom
+        assert 1 / zoom[1] - 1e-4 <= scale.min() and scale.max() <= 1 / zoom[0] + 1e-4
+    assert moves["wide"] > 2 * moves["standard"]
 
 
 def test_random_shift_moves_the_pixels():

@@ -1,0 +1,102 @@
+"""How strong should the warm start's random transforms be? A warm-start-only probe on the 20 tuning classes
+(legibility.IMAGENET_CLASSES): SqueezeNet 1.1 class nodes, the ``imagenet_legible`` warm start (pink reference at
+sigma 0.3, T 0.01, clipped pixels, 600 Adam steps, each scoring a random shift / zoom / rotation of the image) with
+the transform ranges below; MobileNetV2 judges the warm start's end, as ``legibility.py imagenet`` records it
+(``warm_ranks``). Same chains (seeds) as the benchmark, so ``base`` repeats the record of ``pink_s03_aug600_t001``.
+
+Only the tuning classes are read here: a range chosen from this probe is then run in full on the held-out classes
+(``legibility.py imagenet --class-set heldout``), which this probe never sees.
+
+    GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants lucent strong wide
+    # -> docs/results/legibility/pilots/augment_probe_squeezenet1_1.json (one entry per variant and class;
+    #    resumes; one process per --model: the file is rewritten after each class)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import legibility as L  # noqa: E402
+
+from gencnn_plugin.nodes import node_score  # noqa: E402
+from gencnn_plugin.reference import RandomAffineScore, initial_z, make_reference  # noqa: E402
+from gencnn_plugin.visualize import warm_view  # noqa: E402
+
+# name: (largest shift in px at 224 px, zoom range, largest rotation in degrees)
+VARIANTS = {
+    "base": (8, (0.95, 1.05), 10.0),  # RandomAffineScore's defaults: what imagenet_legible runs
+    "lucent": (12, (0.90, 1.10), 10.0),  # lucent's standard_transforms: pad 12 + jitter 8 + jitter 4, zoom 0.9-1.1
+    "strong": (16, (0.80, 1.20), 15.0),
+    "wide": (32, (0.60, 1.20), 20.0),  # mostly zoom-out (smaller copies of the image): object-sized parts
+}
+PILOTS = L.RESULTS / "pilots"  # not records: the report reads only the folder above
+
+
+def warm(model, info, c: int, shift: int, zoom: tuple[float, float], degrees: float, chains: int, seed: int
+         ) -> torch.Tensor:
+    """The benchmark's warm start (legibility.draw) with other transform ranges; returns pixel images."""
+    st = replace(L.IMAGENET_SETTINGS["pink_s03_aug600_t001"], chains=chains)
+    cfg = L.score_config(st, seed)
+    ref = make_reference(st.reference, info, sigma=st.sigma)
+    fn = RandomAffineScore(warm_view(node_score(model, info, [f"logits:{c}"]), info, cfg),
+                           shift=shift / info.input_size[-1], zoom=zoom, degrees=degrees, seed=seed)
+    z = initial_z(ref, chains, seed).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=st.warm_lr)
+    for _ in range(st.warm_opt):  # visualize.warm_start's loop, with fn's ranges in place of the defaults
+        opt.zero_grad(set_to_none=True)
+        u = -fn(ref.to_x(z)) / st.temperature + z.pow(2).flatten(1).sum(1) / 2
+        u.sum().backward()
+        opt.step()
+    with torch.no_grad():
+        return L.to_pixels(ref.to_x(z), info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--classes", nargs="+", type=int, default=L.IMAGENET_CLASSES)
+    p.add_argument("--model", choices=list(L.JUDGE_OF), default="squeezenet1_1", help="the sampled network; the "
+                   "other one judges")
+    p.add_argument("--chains", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--weights-dir", default=str(L.REPO.parent / "shared" / "weights"))
+    args = p.parse_args(argv)
+    if set(args.classes) - set(L.IMAGENET_CLASSES):
+        sys.exit("the probe reads the tuning classes only")
+    torch.set_num_threads(args.threads)
+    model, info = L.load_imagenet(args.model, Path(args.weights_dir))
+    judge, jinfo = L.load_imagenet(L.JUDGE_OF[args.model], Path(args.weights_dir))
+    cache = L.REPO / "runs" / "legibility" / "augment_probe"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = PILOTS / f"augment_probe_{args.model}.json"
+    for name in args.variants:
+        shift, zoom, degrees = VARIANTS[name]
+        for c in args.classes:
+            rec = json.loads(out.read_text()) if out.exists() else {"variants": {}, "runs": {}}
+            rec["variants"] = {k: {"shift_px": v[0], "zoom": list(v[1]), "degrees": v[2]} for k, v in VARIANTS.items()}
+            key = f"{name}/{c}"
+            if key in rec["runs"]:
+                continue
+            t0 = time.perf_counter()
+            pix = warm(model, info, c, shift, zoom, degrees, args.chains, args.seed + c)
+            ranks = L.judge_ranks(judge, jinfo, pix, torch.full((args.chains,), c)).tolist()
+            torch.save((pix * 255).round().to(torch.uint8), cache / f"{args.model}_{name}_{c}.pt")
+            rec["runs"][key] = {"ranks": ranks, "seconds": time.perf_counter() - t0}
+            rec.update(L._meta(args, args.threads))
+            out.write_text(json.dumps(rec, indent=1) + "\n")
+            print(f"{name} class {c}: judge ranks {ranks}, {rec['runs'][key]['seconds']:.0f} s", flush=True)
+        hits = [r < 5 for k, v in rec["runs"].items() if k.startswith(name + "/") for r in v["ranks"]]
+        print(f"{name}: top-5 {sum(hits)}/{len(hits)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
