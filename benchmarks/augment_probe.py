@@ -27,34 +27,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import legibility as L  # noqa: E402
 
 from gencnn_plugin.nodes import node_score  # noqa: E402
-from gencnn_plugin.reference import RandomAffineScore, initial_z, make_reference  # noqa: E402
-from gencnn_plugin.visualize import warm_view  # noqa: E402
+from gencnn_plugin.reference import WARM_TRANSFORMS, RandomAffineScore, initial_z, make_reference  # noqa: E402
+from gencnn_plugin.visualize import warm_start, warm_view  # noqa: E402
 
-# name: (largest shift in px at 224 px, zoom range, largest rotation in degrees)
+# name: (largest shift as a fraction of the side, zoom range, largest rotation in degrees)
 VARIANTS = {
-    "base": (8, (0.95, 1.05), 10.0),  # RandomAffineScore's defaults: what imagenet_legible runs
-    "lucent": (12, (0.90, 1.10), 10.0),  # lucent's standard_transforms: pad 12 + jitter 8 + jitter 4, zoom 0.9-1.1
-    "strong": (16, (0.80, 1.20), 15.0),
-    "wide": (32, (0.60, 1.20), 20.0),  # mostly zoom-out (smaller copies of the image): object-sized parts
+    "base": WARM_TRANSFORMS["standard"],  # what imagenet_legible ran until this probe
+    "lucent": (12 / 224, (0.90, 1.10), 10.0),  # lucent's standard_transforms: pad 12 + jitter 8 + 4, zoom 0.9-1.1
+    "strong": (16 / 224, (0.80, 1.20), 15.0),
+    "wide": WARM_TRANSFORMS["wide"],  # mostly zoom-out (smaller copies of the image): object-sized parts
 }
 PILOTS = L.RESULTS / "pilots"  # not records: the report reads only the folder above
 
 
-def warm(model, info, c: int, shift: int, zoom: tuple[float, float], degrees: float, chains: int, seed: int
+def warm(model, info, c: int, shift: float, zoom: tuple[float, float], degrees: float, chains: int, seed: int
          ) -> torch.Tensor:
     """The benchmark's warm start (legibility.draw) with other transform ranges; returns pixel images."""
     st = replace(L.IMAGENET_SETTINGS["pink_s03_aug600_t001"], chains=chains)
     cfg = L.score_config(st, seed)
     ref = make_reference(st.reference, info, sigma=st.sigma)
     fn = RandomAffineScore(warm_view(node_score(model, info, [f"logits:{c}"]), info, cfg),
-                           shift=shift / info.input_size[-1], zoom=zoom, degrees=degrees, seed=seed)
-    z = initial_z(ref, chains, seed).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=st.warm_lr)
-    for _ in range(st.warm_opt):  # visualize.warm_start's loop, with fn's ranges in place of the defaults
-        opt.zero_grad(set_to_none=True)
-        u = -fn(ref.to_x(z)) / st.temperature + z.pow(2).flatten(1).sum(1) / 2
-        u.sum().backward()
-        opt.step()
+                           shift=shift, zoom=zoom, degrees=degrees, seed=seed)
+    # the library's warm start with this range wrapped around the score (and none added by the config)
+    z = warm_start(fn, ref, initial_z(ref, chains, seed), replace(cfg, warm_augment="off"), lr=st.warm_lr)
     with torch.no_grad():
         return L.to_pixels(ref.to_x(z), info)
 
@@ -82,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         shift, zoom, degrees = VARIANTS[name]
         for c in args.classes:
             rec = json.loads(out.read_text()) if out.exists() else {"variants": {}, "runs": {}}
-            rec["variants"] = {k: {"shift_px": v[0], "zoom": list(v[1]), "degrees": v[2]} for k, v in VARIANTS.items()}
+            rec["variants"] = {k: {"shift_px": round(v[0] * 224, 6), "zoom": list(v[1]), "degrees": v[2]}
+                               for k, v in VARIANTS.items()}
             key = f"{name}/{c}"
             if key in rec["runs"]:
                 continue

@@ -999,6 +999,7 @@ def paired_difference(a: dict, b: dict, n_boot: int = 4000, seed: int = 0) -> di
 
 # the benchmark setting each shipped digit preset is (zoo_configs/hmc/mnist_legible.yaml, fashion_mnist_legible.yaml)
 DIGIT_PRESET_SETTING = {"mnist": "pca_t08_3k", "fashion-mnist": "pca_t08_3k"}
+IMAGENET_PRESET_SETTING = "pink_s03_wide600_t001"  # what zoo_configs/hmc/imagenet_legible.yaml runs
 
 
 def digit_paired_lines(dataset: str, rows: list[dict]) -> list[str]:
@@ -1213,8 +1214,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"))
     m.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("report", help="render docs/results/legibility.md from the records")
-    shown = ["paper", "pca_t1_long", "pca_t1", "pca_t1_mean", "pink_s03_aug600_t001", "pink_s03_aug_t001",
-             "pink_clip_jitter_t01", "lucent", "maco"]
+    shown = ["paper", "pca_t1_long", "pca_t1", "pca_t1_mean", "pink_s03_wide600_t001", "pink_s03_aug600_t001",
+             "pink_s03_aug_t001", "pink_clip_jitter_t01", "lucent", "maco"]
     r.add_argument("--show", nargs="+", default=shown,
                    help="settings whose pictures the report shows")
     args = p.parse_args(argv)

@@ -95,3 +95,23 @@ def test_paired_difference_pairs_by_class_for_both_benchmarks():
     imagenet = {"classes": {str(c): {"ranks": [0, 7]} for c in range(6)}}
     assert L.class_rates(imagenet) == {str(c): 0.5 for c in range(6)}
     assert L.paired_difference(imagenet, {"classes": {"0": {"ranks": [0]}}}) is None  # under 5 classes in common
+
+
+@pytest.mark.parametrize("preset, table, name", [
+    ("imagenet_legible", "imagenet", L.IMAGENET_PRESET_SETTING),
+    ("mnist_legible", "digits", L.DIGIT_PRESET_SETTING["mnist"]),
+    ("fashion_mnist_legible", "digits", L.DIGIT_PRESET_SETTING["fashion-mnist"]),
+])
+def test_each_legible_preset_is_the_benchmark_setting_it_is_measured_as(preset, table, name):
+    """The docs quote a preset's legibility from the benchmark setting of this name: the two must sample the same
+    thing (up to the number of chains, which the benchmark sets per run)."""
+    from gencnn_plugin.visualize import load_preset
+
+    st = (L.IMAGENET_SETTINGS if table == "imagenet" else L.DIGIT_SETTINGS)[name]
+    cfg = load_preset(preset)
+    assert st.method == "hmc" and st.display == "last" and st.warm_lr == 0.05  # visualize.warm_start's Adam rate
+    assert cfg.reference.split(":")[0] == st.reference
+    mine = {k: getattr(cfg, k) for k in ("sigma", "temperature", "step_size", "leapfrog_steps", "mass", "iters",
+                                         "adapt_steps", "target_accept", "clip", "jitter", "warm_augment")}
+    theirs = {k: getattr(st, k) for k in mine}
+    assert (mine, cfg.warm_start) == (theirs, st.warm_opt)
