@@ -44,13 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     targets = torch.tensor(args.digits).repeat_interleave(args.chains)
     with torch.no_grad():
         probs = judge(L.from_pixels(pix, jinfo)).softmax(1)
+        own = lenet(L.from_pixels(pix, info)).argmax(1)  # the sampled LeNet on the same pixels
     read = probs.argmax(1)
     print(f"T {args.temperature} iters {args.iters} seed {args.seed}: {out['seconds']:.0f} s, accept "
           f"{out['accept']:.2f}")
     for k in args.digits:
         m = targets == k
         print(f"digit {k}: judge agrees {int((read[m] == k).sum())} / {args.chains}; misread as "
-              f"{read[m][read[m] != k].tolist()}")
+              f"{read[m][read[m] != k].tolist()}; the LeNet reads {int((own[m] == k).sum())} / {args.chains} as {k}")
     conv = L.convergence(out["scores"], out["projections"], args.chains, out["warmup"])
     print("split R-hat per node", conv.get("per_node_rhat"))
     folder = L.REPO / "runs" / "digit_probe"

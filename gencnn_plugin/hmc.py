@@ -68,8 +68,8 @@ class HMCConfig:
                                        "every image instead of the jitter average, so the starts survive transforms "
                                        "(not part of the chain): off; standard (<= 8 px at 224 px, in proportion at "
                                        "other sizes, zoom 0.95-1.05, <= 10 deg: after lucent's standard "
-                                       "transforms); wide (<= 32 px, zoom 0.6-1.2, <= 20 deg: objects, not tiled "
-                                       "textures)", choices=("off", "standard", "wide"),
+                                       "transforms); wide (<= 32 px at 224 px, zoom 0.6-1.2, <= 20 deg: objects, "
+                                       "not tiled textures)", choices=("off", "standard", "wide"),
                                 legacy={True: "standard", False: "off"}, label="warm-start transforms")
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 __all__ = ["Setting", "SettingsError", "setting", "settings_of", "check", "from_mapping", "add_flags", "given",
@@ -227,12 +228,23 @@ def add_flags(group: Any, cls: type, skip: tuple[str, ...] = (), help_suffix: st
                 kw["choices"] = list(spec.choices)
             if spec.metavar:
                 kw["metavar"] = spec.metavar
+            was_bool = base is str and spec.legacy is not None and {True, False} <= set(spec.legacy)
+            if was_bool:  # once an on/off flag: a bare --x, --no-x and --x true/false still parse
+                kw.update(nargs="?", const=spec.legacy[True], type=partial(_legacy_text, spec.legacy))
+                group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const",
+                                   const=spec.legacy[False], default=None, help=argparse.SUPPRESS)
         group.add_argument(flag_name(f.name), **kw)
         for alias in spec.aliases:
             alias_flag = alias if alias.startswith("--") else flag_name(alias)
             extra = {"nargs": 0, "const": True} if base is bool else {"type": kw.get("type", str)}
             group.add_argument(alias_flag, action=_Deprecated, dest=f.name, new=flag_name(f.name),
                                legacy=spec.legacy, default=None, help=argparse.SUPPRESS, **extra)
+
+
+def _legacy_text(legacy: Mapping[Any, Any], text: str) -> str:
+    """A command-line value, with the words of an old boolean (true/false, yes/no, 1/0) mapped by ``legacy``."""
+    word = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.strip().lower())
+    return legacy[word] if word is not None and word in legacy else text
 
 
 def _base_type(hint: Any) -> Any:

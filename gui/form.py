@@ -4,6 +4,7 @@ ranged and typed as the field says, so a new setting appears in the app with not
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 from PySide6.QtCore import Signal
@@ -59,6 +60,7 @@ class SettingsForm(QWidget):
         super().__init__(parent)
         self.cls = cls
         self.widgets: dict[str, QWidget] = {}
+        self.specs = {f.name: spec for f, _, spec in settings_of(cls)}
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         for f, hint, spec in settings_of(cls):
@@ -137,6 +139,10 @@ class SettingsForm(QWidget):
         """One widget's value; strings (as QSettings returns them) are converted to the widget's type."""
         w = self.widgets[name]
         if isinstance(w, QComboBox):
+            legacy = self.specs[name].legacy or {}
+            word = {"true": True, "false": False}.get(str(value).strip().lower()) if isinstance(value, str) else value
+            if isinstance(word, typing.Hashable) and word in legacy:  # an old value (a setting once on/off)
+                value = legacy[word]
             w.setCurrentText(str(value))
         elif isinstance(w, QCheckBox):
             w.setChecked(value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes"))

@@ -246,6 +246,19 @@ def test_form_keeps_exact_numbers_and_reports_bad_ones(window, lenet_ckpt):
     window.save_settings()  # a bad field is left out of the saved settings, not a crash
 
 
+def test_form_reads_an_old_on_off_value_of_a_choice(window, lenet_ckpt):
+    """Settings saved when warm_augment was on/off (QSettings gives back "true" / "false" or bools) load as the
+    ranges they meant, not as whatever the preset had."""
+    window.open_source(str(lenet_ckpt))
+    form = window.form
+    for stored, meant in ((True, "standard"), ("true", "standard"), ("false", "off"), ("wide", "wide")):
+        form.set_value("warm_augment", "wide" if meant != "wide" else "off")
+        form.set_value("warm_augment", stored)
+        assert window.config().warm_augment == meant
+    form.set_value("precision", "none")  # precision's old name of fp32
+    assert window.config().precision == "fp32"
+
+
 def test_recent_files_with_any_name(qtbot, tmp_path):
     from gencnn_gui.main_window import MainWindow
 

@@ -299,7 +299,12 @@ def test_warm_transforms_are_named_ranges_and_old_booleans_still_load():
         HMCConfig(warm_augment="wider")
     parser = argparse.ArgumentParser()
     add_flags(parser, HMCConfig)
-    assert given(parser.parse_args(["--warm-augment", "wide"]), HMCConfig) == {"warm_augment": "wide"}
+    for argv, meant in ((["--warm-augment", "wide"], "wide"), (["--warm-augment"], "standard"),
+                        (["--no-warm-augment"], "off"), (["--warm-augment", "true"], "standard"),
+                        (["--warm-augment", "False"], "off"), ([], None)):  # the old flag's forms still parse
+        assert given(parser.parse_args(argv), HMCConfig).get("warm_augment") == meant
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--warm-augment", "wider"])
     default = RandomAffineScore(lambda v: v)
     assert (default.shift, default.zoom, default.degrees) == WARM_TRANSFORMS["standard"]
     x = torch.zeros(64, 1, 28, 28)
