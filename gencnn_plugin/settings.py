@@ -160,9 +160,7 @@ def check(obj: Any) -> None:
     """Coerce every field of ``obj`` to its type and check its choices and range (from ``__post_init__``)."""
     for f, hint, spec in settings_of(obj):
         value = getattr(obj, f.name)
-        if spec.legacy and isinstance(value, typing.Hashable) and value in spec.legacy:
-            value = spec.legacy[value]
-        value = coerce(f.name, value, hint)
+        value = coerce(f.name, legacy_value(spec.legacy, value), hint)
         _check_value(f.name, value, spec)
         object.__setattr__(obj, f.name, value)
 
@@ -230,7 +228,7 @@ def add_flags(group: Any, cls: type, skip: tuple[str, ...] = (), help_suffix: st
                 kw["metavar"] = spec.metavar
             was_bool = base is str and spec.legacy is not None and {True, False} <= set(spec.legacy)
             if was_bool:  # once an on/off flag: a bare --x, --no-x and --x true/false still parse
-                kw.update(nargs="?", const=spec.legacy[True], type=partial(_legacy_text, spec.legacy))
+                kw.update(nargs="?", const=spec.legacy[True], type=partial(legacy_value, spec.legacy))
                 group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const",
                                    const=spec.legacy[False], default=None, help=argparse.SUPPRESS)
         group.add_argument(flag_name(f.name), **kw)
@@ -241,10 +239,17 @@ def add_flags(group: Any, cls: type, skip: tuple[str, ...] = (), help_suffix: st
                                legacy=spec.legacy, default=None, help=argparse.SUPPRESS, **extra)
 
 
-def _legacy_text(legacy: Mapping[Any, Any], text: str) -> str:
-    """A command-line value, with the words of an old boolean (true/false, yes/no, 1/0) mapped by ``legacy``."""
-    word = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.strip().lower())
-    return legacy[word] if word is not None and word in legacy else text
+def legacy_value(legacy: Mapping[Any, Any] | None, value: Any) -> Any:
+    """``value`` as today's setting reads it: an old value mapped by ``legacy``, the words of an old boolean
+    (true/false, yes/no, 1/0, as a command line or QSettings gives them back) included; anything else unchanged."""
+    if not legacy:
+        return value
+    if isinstance(value, str):
+        words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+        word = words.get(value.strip().lower())
+        if word is not None and word in legacy:
+            return legacy[word]
+    return legacy[value] if isinstance(value, typing.Hashable) and value in legacy else value
 
 
 def _base_type(hint: Any) -> Any:

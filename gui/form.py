@@ -4,13 +4,12 @@ ranged and typed as the field says, so a new setting appears in the app with not
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
-from gencnn_plugin.settings import settings_of
+from gencnn_plugin.settings import legacy_value, settings_of
 
 __all__ = ["SettingsForm", "NumberEdit"]
 
@@ -139,11 +138,7 @@ class SettingsForm(QWidget):
         """One widget's value; strings (as QSettings returns them) are converted to the widget's type."""
         w = self.widgets[name]
         if isinstance(w, QComboBox):
-            legacy = self.specs[name].legacy or {}
-            word = {"true": True, "false": False}.get(str(value).strip().lower()) if isinstance(value, str) else value
-            if isinstance(word, typing.Hashable) and word in legacy:  # an old value (a setting once on/off)
-                value = legacy[word]
-            w.setCurrentText(str(value))
+            w.setCurrentText(str(legacy_value(self.specs[name].legacy, value)))  # an old value: today's
         elif isinstance(w, QCheckBox):
             w.setChecked(value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes"))
         elif isinstance(w, QSpinBox):
