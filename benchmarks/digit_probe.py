@@ -33,12 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--digits", nargs="+", type=int, default=[8, 9])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--replicas", type=int, default=1, help="replica exchange: temperatures per chain (1: off)")
+    p.add_argument("--hot-temperature", type=float, default=1.0, help="the hottest replica's T")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     lenet, info, _ = load_checkpoint(L.REPO / "runs" / "lenet_dg25")
     judge, jinfo, _ = load_checkpoint(L.REPO / "runs" / "judge_mnist")
     st = replace(L.DIGIT_SETTINGS["pca_t08_3k"], temperature=args.temperature, iters=args.iters, chains=args.chains,
-                 reference="pca:mnist_pca")
+                 reference="pca:mnist_pca", replicas=args.replicas, hot_temperature=args.hot_temperature)
     out = L.draw(lenet, info, [f"logits:{k}" for k in args.digits], st, args.seed)
     pix = L.to_pixels(out["x"], info)
     targets = torch.tensor(args.digits).repeat_interleave(args.chains)
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         own = lenet(L.from_pixels(pix, info)).argmax(1)  # the sampled LeNet on the same pixels
     read = probs.argmax(1)
     print(f"T {args.temperature} iters {args.iters} seed {args.seed}: {out['seconds']:.0f} s, accept "
-          f"{out['accept']:.2f}")
+          f"{out['accept']:.2f}" + (f", {args.replicas} replicas up to T {args.hot_temperature:g}, swap rates "
+                                    f"{out['swap_rate']}" if args.replicas > 1 else ""))
     for k in args.digits:
         m = targets == k
         print(f"digit {k}: judge agrees {int((read[m] == k).sum())} / {args.chains}; misread as "
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     print("split R-hat per node", conv.get("per_node_rhat"))
     folder = L.REPO / "runs" / "digit_probe"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"T{args.temperature:g}_seed{args.seed}_" + "".join(map(str, args.digits))
+    stem = f"T{args.temperature:g}_seed{args.seed}_" + "".join(map(str, args.digits)) + \
+        (f"_pt{args.replicas}" if args.replicas > 1 else "")
     torch.save({"pix": pix, "read": read, "probs": probs, "targets": targets}, folder / f"{stem}.pt")
     import torchvision.utils as vu
 

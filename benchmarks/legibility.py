@@ -258,6 +258,8 @@ class Setting:
     warm_opt: int = 0
     warm_lr: float = 0.05
     warm_augment: str = "off"  # HMCConfig.warm_augment: off, standard or wide random transforms in the warm start
+    replicas: int = 1  # HMCConfig.replicas: replica exchange over a geometric ladder from T up to hot_temperature
+    hot_temperature: float = 1.0
     note: str = ""
 
     def label(self) -> str:
@@ -266,7 +268,8 @@ class Setting:
         extra = (", clip" if self.clip else "") + (f", jitter {self.jitter} px" if self.jitter else "") + \
             (f", warm Adam {self.warm_opt}" if self.warm_opt else "") + \
             ({"off": "", "standard": " (random shift/zoom/rotation)",
-              "wide": " (wide random shift/zoom/rotation)"}[self.warm_augment])
+              "wide": " (wide random shift/zoom/rotation)"}[self.warm_augment]) + \
+            (f", {self.replicas} replicas up to T={self.hot_temperature:g}" if self.replicas > 1 else "")
         return (f"{self.reference} s={self.sigma:g} T={self.temperature:g}; eps {self.step_size:g} L "
                 f"{self.leapfrog_steps} m {self.mass:g} iters {self.iters} (adapt {self.adapt_steps}){extra}; "
                 f"{self.display}")
@@ -403,7 +406,8 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
             out["warm_x"] = ref.to_x(z0)
     cfg = HMCConfig(iters=setting.iters, leapfrog_steps=setting.leapfrog_steps, step_size=setting.step_size,
                     mass=setting.mass, sigma=1.0, chains=setting.chains, seed=seed, adapt_steps=setting.adapt_steps,
-                    target_accept=setting.target_accept, temperature=setting.temperature)
+                    target_accept=setting.target_accept, temperature=setting.temperature,
+                    replicas=setting.replicas, hot_temperature=setting.hot_temperature)
     # step size and mass are in x units (the paper's): sample_reference runs z with mass x sigma^2, which for the
     # white reference is exactly the paper's x-space sampler
     run = sample_reference(score, ref, cfg, chains=n, z0=z0)
@@ -415,8 +419,8 @@ def draw(model: nn.Module, info, nodes: list[str], setting: Setting, seed: int, 
     out.update(x=x, last=run.x, mean_x=run.mean_x, seconds=seconds, scores=res.trace["score"],
                projections=run.projections,
                accept=float(acc.mean()), step=float(res.trace["step_size"][-1].mean()), warmup=warm,
-               grad_evals_per_chain=warm_evals + res.grad_evals * views,
-               mean_abs_energy_error=res.summary["mean_abs_energy_error"])
+               grad_evals_per_chain=warm_evals + res.grad_evals * views,  # every replica's work
+               mean_abs_energy_error=res.summary["mean_abs_energy_error"], swap_rate=res.summary.get("swap_rate"))
     return out
 
 
@@ -454,6 +458,12 @@ DIGIT_SETTINGS = {s.name: s for s in [
             iters=6 * DIGIT_ITERS, adapt_steps=100),
     Setting("pca_t08_3k", reference="pca", temperature=0.8, step_size=0.2, leapfrog_steps=8, mass=1.0,
             iters=6 * DIGIT_ITERS, adapt_steps=100),
+    # replica exchange (HMCConfig.replicas): colder targets whose chains reach every mode through copies up to T = 1,
+    # each at the work of pca_t07_3k (replicas x iterations = 3,000 or 4,000)
+    Setting("pca_t07_pt3_1k", reference="pca", temperature=0.7, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=2 * DIGIT_ITERS, adapt_steps=100, replicas=3, hot_temperature=1.0),
+    Setting("pca_t06_pt4_1k", reference="pca", temperature=0.6, step_size=0.2, leapfrog_steps=8, mass=1.0,
+            iters=2 * DIGIT_ITERS, adapt_steps=100, replicas=4, hot_temperature=1.0),
     # plain gradient ascent on f_y (the T -> 0 limit, no prior) from the paper's white q, in pixels
     Setting("ascent_white", method="ascent", reference="white", step_size=0.01, iters=2400,
             note="pixels, from white noise, RMS-normalised steps of 0.01"),
@@ -532,7 +542,8 @@ def cmd_digits(args: argparse.Namespace) -> None:
                "judge": {"checkpoint": str(args.judge or f"runs/judge_{stem}"), "model": jinfo.model,
                          "accuracy": (jmeta.get("judge") or {}).get("accuracy")},
                "seconds": out["seconds"], "grad_evals_per_chain": out["grad_evals_per_chain"],
-               "accept": out["accept"], "step": out.get("step"), **_meta(args, args.threads)}
+               "accept": out["accept"], "step": out.get("step"), "swap_rate": out.get("swap_rate"),
+               **_meta(args, args.threads)}
         pix = to_pixels(out["x"], info)
         with torch.no_grad():
             jl = judge(from_pixels(pix, jinfo)).argmax(1)
@@ -998,7 +1009,7 @@ def paired_difference(a: dict, b: dict, n_boot: int = 4000, seed: int = 0) -> di
 
 
 # the benchmark setting each shipped digit preset is (zoo_configs/hmc/mnist_legible.yaml, fashion_mnist_legible.yaml)
-DIGIT_PRESET_SETTING = {"mnist": "pca_t08_3k", "fashion-mnist": "pca_t08_3k"}
+DIGIT_PRESET_SETTING = {"mnist": "pca_t06_pt4_1k", "fashion-mnist": "pca_t08_3k"}
 IMAGENET_PRESET_SETTING = "pink_s03_wide600_t001"  # what zoo_configs/hmc/imagenet_legible.yaml runs
 
 
@@ -1214,8 +1225,9 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"))
     m.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("report", help="render docs/results/legibility.md from the records")
-    shown = ["paper", "pca_t1_long", "pca_t1", "pca_t1_mean", "pink_s03_wide600_t001", "pink_s03_aug600_t001",
-             "pink_s03_aug_t001", "pink_clip_jitter_t01", "lucent", "maco"]
+    shown = ["paper", "pca_t06_pt4_1k", "pca_t07_pt3_1k", "pca_t1_long", "pca_t1", "pca_t1_mean",
+             "pink_s03_wide600_t001", "pink_s03_aug600_t001", "pink_s03_aug_t001", "pink_clip_jitter_t01", "lucent",
+             "maco"]
     r.add_argument("--show", nargs="+", default=shown,
                    help="settings whose pictures the report shows")
     args = p.parse_args(argv)

@@ -359,6 +359,9 @@ def _cmd_sample(args) -> int:
           f"{config.trajectory_steps} leapfrog steps on {device} (preset {preset})")
     print(f"reference {s['reference']}, T {config.temperature:g}; acceptance {s['accept_rate']:.3f}, mean |energy "
           f"error| {s['mean_abs_energy_error']:.3g}, final f_y {s['final_score_mean']:.3f}")
+    if "swap_rate" in s:
+        print(f"replica exchange: T {' / '.join(f'{t:.3g}' for t in config.ladder)}, swap rates "
+              f"{' / '.join(f'{v:.2f}' for v in s['swap_rate'])}")
     print(f"convergence after {config.adapt_steps} warm-up iterations: R-hat {s['rhat']:.3f} (f_y "
           f"{s['rhat_score']:.3f}, x projections {s['rhat_x']:.3f}), bulk ESS f_y {s['ess_score']:.0f}, x "
           f"{s['ess_x']:.0f}")
@@ -366,7 +369,8 @@ def _cmd_sample(args) -> int:
           f"{' and ' + args.npz if args.npz else ''}")
     if not s["rhat"] <= RHAT_OK:
         args.notes.append(f"R-hat {s['rhat']:.2f} > {RHAT_OK}: the chains of a node disagree, so the grid is not yet a "
-                          "sample of p_y; run more iterations (--iters) or more adapted steps (--adapt-steps)")
+                          "sample of p_y; run more iterations (--iters) or more adapted steps (--adapt-steps), or "
+                          "temper (--replicas 3 --hot-temperature 1 for T < 1)")
     args.notes.extend(run.warnings)
     return 0
 

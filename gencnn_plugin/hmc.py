@@ -3,6 +3,14 @@
 U(x) = -f_y(x) + |x|^2 / (2 sigma^2), K(phi) = |phi|^2 / (2 m), H = U + K. Chains are the batch dimension: one
 forward/backward per leapfrog step serves every chain, and the Metropolis test runs per chain on the device with no
 host synchronisation inside the loop. Energies and the accept test are float32 even when the score runs in bf16/fp16.
+
+Replica exchange (parallel tempering; Swendsen & Wang 1986, Geyer 1991): with ``replicas`` R > 1 every chain runs
+R copies at temperatures T_0 = T < T_1 < ... < T_{R-1} = ``hot_temperature`` (geometric ladder), each an exact HMC
+chain of exp(f(x) / T_r) q(x). After every iteration neighbouring copies (r, r + 1) swap states with probability
+min(1, exp((1/T_r - 1/T_{r+1}) (f(x_{r+1}) - f(x_r)))) -- q is not tempered, so only f enters -- alternating the
+even and the odd pairs (the deterministic even-odd scheme, Okabe et al. 2001; Syed et al. 2022). The joint chain
+leaves the product of the R targets invariant, so the T_0 copy is a Markov chain of the target that crosses between
+modes through the hotter copies. Only the T_0 copies are returned; they cost R x the work.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from .diagnostics import effective_sample_size, split_rhat
 from .runtime import PRECISIONS, precision_context
 from .settings import SettingsError, check, setting
 
-__all__ = ["HMCConfig", "HMCResult", "HMCStep", "hmc_sample", "leapfrog", "potential", "summarize"]
+__all__ = ["HMCConfig", "HMCResult", "HMCStep", "exchange", "hmc_sample", "leapfrog", "potential", "summarize"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 _REFERENCE = re.compile(r"[a-z]+(:[A-Za-z0-9_.\-]{1,64})?")
@@ -71,9 +79,18 @@ class HMCConfig:
                                        "transforms); wide (<= 32 px at 224 px, zoom 0.6-1.2, <= 20 deg: objects, "
                                        "not tiled textures)", choices=("off", "standard", "wide"),
                                 legacy={True: "standard", False: "off"}, label="warm-start transforms")
+    replicas: int = setting(1, "replica exchange (parallel tempering): run every chain at this many temperatures, "
+                               "geometric from T up to the hot temperature, swapping neighbours' states after each "
+                               "iteration so the T chain crosses between modes; only the T chain is kept, at this "
+                               "many times the work (1: off, the paper)", ge=1, le=64, label="tempering replicas")
+    hot_temperature: float = setting(1.0, "with replicas > 1: the hottest replica's T (above T; 1 is the "
+                                          "untempered model)", gt=0, le=1e6, label="hottest T")
 
     def __post_init__(self) -> None:
         check(self)
+        if self.replicas > 1 and not self.hot_temperature > self.temperature:
+            raise SettingsError(f"hot_temperature: {self.hot_temperature:g} must be above temperature "
+                                f"{self.temperature:g} when replicas > 1")
         if not _REFERENCE.fullmatch(self.reference):  # a data file by name only: a preset never names a path
             raise SettingsError(f"reference: {self.reference[:40]!r} is not KIND or KIND:DATA (a data file name in "
                                 "zoo_configs/references)")
@@ -82,6 +99,15 @@ class HMCConfig:
     def trajectory_steps(self) -> int:
         """Leapfrog steps per iteration as run: 1 under MALA."""
         return 1 if self.mala else self.leapfrog_steps
+
+    @property
+    def ladder(self) -> list[float]:
+        """The replicas' temperatures, T first: geometric from ``temperature`` to ``hot_temperature``."""
+        r = self.replicas
+        if r == 1:
+            return [self.temperature]
+        ratio = self.hot_temperature / self.temperature
+        return [self.temperature * ratio ** (k / (r - 1)) for k in range(r)]
 
 
 @dataclass
@@ -108,14 +134,15 @@ class HMCResult:
     iters_done: int
     stopped: bool = False
     summary: dict = field(default_factory=dict)
+    swap_rate: torch.Tensor | None = None  # replica exchange: accepted swaps per pair of neighbouring temperatures
 
 
-def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, precision: str = "fp32", temperature: float = 1.0
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, precision: str = "fp32",
+              temperature: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """U(x) = -f(x) / T + |x|^2 / (2 sigma^2) per chain, dU/dx = -df/dx / T + x / sigma^2, and f(x); all float32.
 
     Only f goes through autograd: the Gaussian term's gradient is written out. Chains are independent, so
-    d(sum_b f_b)/dx_b = df_b/dx_b.
+    d(sum_b f_b)/dx_b = df_b/dx_b. ``temperature``: one T, or one per chain (B,) (replica exchange).
     """
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
@@ -124,8 +151,9 @@ def potential(score_fn: ScoreFn, x: torch.Tensor, sigma: float, precision: str =
         df = torch.autograd.grad(f.sum(), xg)[0] if f.requires_grad else torch.zeros_like(xg)
     x = x.detach().float()
     inv_var = 1.0 / sigma / sigma  # never sigma**2: a huge sigma would overflow a Python float
+    t = _per_chain(temperature, x) if isinstance(temperature, torch.Tensor) else temperature
     u = -f.detach() / temperature + x.pow(2).flatten(1).sum(1) * (inv_var / 2)
-    return u, x * inv_var - df.float() / temperature, f.detach()
+    return u, x * inv_var - df.float() / t, f.detach()
 
 
 def leapfrog(x, phi, grad, energy, step_size, steps: int, mass: float, stop: Callable[[], bool] | None = None):
@@ -191,26 +219,41 @@ def hmc_sample(
     device, b = x0.device, x0.shape[0]
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(0)
+    # replica exchange: chain c's copy at T_r is row c * R + r (a chain's copies are consecutive, so a multi-node
+    # score's grouping of consecutive chains holds); R = 1 is the plain sampler, with the same random numbers
+    reps = config.replicas
+    n, total = b * reps, (noise_total or b) * reps
+    rows = noise_rows
+    if noise_rows is not None and reps > 1:
+        rows = (noise_rows.to(device).view(-1, 1) * reps + torch.arange(reps, device=device)).flatten()
+    ladder = torch.tensor(config.ladder, device=device)
+    row_t = ladder.repeat(b) if reps > 1 else config.temperature
+    inv_var = 1.0 / sigma / sigma
 
     def energy(x):
-        return potential(score_fn, x, sigma, config.precision, config.temperature)
+        return potential(score_fn, x, sigma, config.precision, row_t)
+
+    def cold(v: torch.Tensor) -> torch.Tensor:  # the T_0 rows
+        return v[::reps] if reps > 1 else v
 
     t0 = time.perf_counter()
-    x = x0.detach().float().clone()
+    x = x0.detach().float().repeat_interleave(reps, 0) if reps > 1 else x0.detach().float().clone()
     u, grad, f = energy(x)
     grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
-    eps = torch.full((b,), float(step_size), device=device)
+    eps = torch.full((n,), float(step_size), device=device)
     # dual averaging state (Hoffman & Gelman 2014, algorithm 5), per chain
     mu, gamma, t0_da, kappa = math.log(10 * step_size), 0.05, 10.0, 0.75
-    h_bar = torch.zeros(b, device=device)
-    log_eps_bar = torch.zeros(b, device=device)
+    h_bar = torch.zeros(n, device=device)
+    log_eps_bar = torch.zeros(n, device=device)
+    swaps = torch.zeros(max(reps - 1, 0), device=device)
+    swap_tries = torch.zeros(max(reps - 1, 0), device=device)
 
     names = ("accepted", "potential", "energy_error", "score", "step_size")
     trace = {k: torch.zeros(iters, b, device=device) for k in names}
     grad_evals, done, stopped = 1, 0, False
     for it in range(iters):
-        phi = torch.randn((noise_total or b, *x.shape[1:]), device=device, generator=generator)
-        phi = (phi if noise_rows is None else phi[noise_rows]) * math.sqrt(mass)
+        phi = torch.randn((total, *x.shape[1:]), device=device, generator=generator)
+        phi = (phi if rows is None else phi[rows]) * math.sqrt(mass)
         h0 = u + phi.pow(2).flatten(1).sum(1) / (2 * mass)
         out = leapfrog(x, phi, grad, energy, _per_chain(eps, x), leapfrog_steps, mass, stop)
         grad_evals += leapfrog_steps
@@ -222,14 +265,14 @@ def hmc_sample(
         d_h = h1 - h0
         finite = torch.isfinite(d_h) & torch.isfinite(x1).flatten(1).all(1) & torch.isfinite(grad1).flatten(1).all(1)
         log_alpha = torch.where(finite, torch.clamp(-d_h, max=0.0), torch.full_like(d_h, -math.inf))
-        r = torch.rand(noise_total or b, device=device, generator=generator)
-        log_u = torch.log(r if noise_rows is None else r[noise_rows])
+        r = torch.rand(total, device=device, generator=generator)
+        log_u = torch.log(r if rows is None else r[rows])
         acc = log_u < log_alpha  # Metropolis: accept with probability min(1, exp(-dH)); never a non-finite state
         x = torch.where(_per_chain(acc, x), x1, x)
         grad = torch.where(_per_chain(acc, grad), grad1, grad)
         u, f = torch.where(acc, u1, u), torch.where(acc, f1, f)
         for k, v in zip(names, (acc.float(), u, d_h, f, eps)):
-            trace[k][it] = v
+            trace[k][it] = cold(v)
         if it < adapt_steps:
             t = it + 1
             alpha = torch.exp(log_alpha)
@@ -238,18 +281,55 @@ def hmc_sample(
             w = t ** (-kappa)
             log_eps_bar = w * log_eps + (1 - w) * log_eps_bar
             eps = torch.exp(log_eps_bar) if t == adapt_steps else torch.exp(log_eps)
+        if reps > 1:
+            r = torch.rand(noise_total or b, reps - 1, device=device, generator=generator)
+            r = r if noise_rows is None else r[noise_rows.to(device)]
+            x, grad, u, f, swapped, tried = exchange(x, grad, u, f, ladder, inv_var, it % 2, torch.log(r))
+            swaps, swap_tries = swaps + swapped, swap_tries + tried
         done = it + 1
-        if callback is not None and callback(HMCStep(it, x, acc, f, d_h, eps)):
+        if callback is not None and callback(HMCStep(it, cold(x), cold(acc), cold(f), cold(d_h), cold(eps))):
             stopped = it + 1 < iters
             break
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     trace = {k: v[:done].cpu() for k, v in trace.items()}
-    result = HMCResult(x=x.detach(), accept_rate=trace["accepted"].mean(0) if done else torch.zeros(b),
-                       trace=trace, grad_evals=grad_evals, seconds=seconds, iters_done=done, stopped=stopped)
+    result = HMCResult(x=cold(x).detach(), accept_rate=trace["accepted"].mean(0) if done else torch.zeros(b),
+                       trace=trace, grad_evals=grad_evals * reps, seconds=seconds, iters_done=done, stopped=stopped,
+                       swap_rate=(swaps / swap_tries.clamp_min(1)).cpu() if reps > 1 else None)
     result.summary = summarize(result, adapt_steps)
     return result
+
+
+def exchange(x: torch.Tensor, grad: torch.Tensor, u: torch.Tensor, f: torch.Tensor, ladder: torch.Tensor,
+             inv_var: float, parity: int, log_u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One replica-exchange move: the pairs (r, r + 1) with r % 2 == ``parity`` swap states with probability
+    min(1, exp((1/T_r - 1/T_{r+1}) (f_{r+1} - f_r))) (the module docstring).
+
+    Rows are chain-major (row c * R + r at T_r); ``grad``, ``u`` and ``f`` are dU/dx, U and f of the rows' states;
+    ``log_u`` (C, R - 1) are the log-uniforms of the tests. The gradient and energy of a moved state are re-tempered
+    for its new row from the cached f and df/dx: no score evaluation. Returns (x, grad, U, f, accepted swaps per
+    pair (R - 1,), pairs tried per pair (R - 1,)).
+    """
+    reps, chains = ladder.numel(), log_u.shape[0]
+    device = x.device
+    beta = 1.0 / ladder
+    fv = f.view(chains, reps)
+    log_a = (beta[:-1] - beta[1:]) * (fv[:, 1:] - fv[:, :-1])
+    pair = torch.arange(reps - 1, device=device) % 2 == parity
+    acc = pair & (log_u < log_a)  # (C, R - 1); pairs of one parity never overlap
+    a = acc.long()
+    step = torch.nn.functional.pad(a, (0, 1)) - torch.nn.functional.pad(a, (1, 0))
+    src = (torch.arange(reps, device=device) + step + torch.arange(chains, device=device).view(-1, 1) * reps).flatten()
+    row_t = ladder.repeat(chains)
+    df = (x * inv_var - grad) * _per_chain(row_t, x)  # df/dx, untempered
+    moved = (step != 0).flatten()
+    x_new, df_new, f_new = x[src], df[src], f[src]
+    grad_new = x_new * inv_var - df_new / _per_chain(row_t, x)
+    u_new = -f_new / row_t + x_new.pow(2).flatten(1).sum(1) * (inv_var / 2)
+    m = _per_chain(moved, x)
+    return (torch.where(m, x_new, x), torch.where(m, grad_new, grad), torch.where(moved, u_new, u),
+            torch.where(moved, f_new, f), acc.float().sum(0), pair.float() * chains)
 
 
 def summarize(result: HMCResult, warmup: int = 0, groups: int = 1) -> dict:
@@ -274,6 +354,7 @@ def summarize(result: HMCResult, warmup: int = 0, groups: int = 1) -> dict:
         "rhat_score": _worst([split_rhat(g) for g in per_group], max),
         "seconds": result.seconds, "grad_evals": result.grad_evals * b,
         "grad_evals_per_second": result.grad_evals * b / max(result.seconds, 1e-9),
+        **({"swap_rate": [round(float(v), 4) for v in result.swap_rate]} if result.swap_rate is not None else {}),
     }
 
 

@@ -463,6 +463,7 @@ def caption(run: SampleRun, show: str = "sample") -> str:
     view = (f", f averaged over 4 shifts of {c.jitter} px" if c.jitter else "") + (", clipped pixels" if c.clip else "")
     moves = f" ({c.warm_augment} random transforms)" if c.warm_augment != "off" else ""
     view += f", {c.warm_start} warm-start steps{moves}" if c.warm_start else ""
+    view += f", {c.replicas} replicas up to T = {c.hot_temperature:g}" if c.replicas > 1 else ""
     return (f"{run.info.model} {nodes}, {shown}: q = {q}, T = {c.temperature:g}{view}; {s['iters']} iterations x "
             f"{c.trajectory_steps} leapfrog steps (step {c.step_size:g}, mass {c.mass:g}); acceptance "
             f"{s['accept_rate']:.2f}; R-hat {r:.2f}{flag}")

@@ -177,3 +177,96 @@ def test_temperature_scales_the_tilt(temperature):
 def test_an_old_positional_call_says_what_config_is():
     with pytest.raises(TypeError, match="config must be an HMCConfig"):
         hmc_sample(lambda x: x.sum(1), torch.zeros(2, 3), 5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# replica exchange (parallel tempering)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_replica_exchange_keeps_the_cold_chain_exact():
+    """A linear tilt at T = 0.25 with replicas up to T = 1: the T chain is still N(s^2 a / T, s^2 I), and the
+    neighbours do swap (each swap re-tempers the moved state's cached gradient and energy)."""
+    a, s, t = torch.tensor([1.0, -2.0, 0.5]), 0.6, 0.25
+    r = hmc_sample(lambda x: x @ a, torch.zeros(3000, 3), iters=30, leapfrog_steps=10, step_size=0.3, mass=1.0,
+                   sigma=s, temperature=t, replicas=3, hot_temperature=1.0, generator=gen(4))
+    torch.testing.assert_close(r.x.mean(0), s**2 * a / t, atol=0.05, rtol=0)
+    torch.testing.assert_close(r.x.var(0), torch.full((3,), s**2), atol=0.05, rtol=0)
+    assert r.x.shape == (3000, 3) and r.trace["score"].shape == (30, 3000)  # only the T chains come back
+    assert r.swap_rate is not None and r.swap_rate.shape == (2,) and (r.swap_rate > 0.05).all()
+    assert r.summary["swap_rate"] == pytest.approx(r.swap_rate.tolist(), abs=1e-4)
+    assert r.grad_evals == (1 + 30 * 10) * 3  # the work of every replica
+    assert HMCConfig(temperature=0.25, replicas=3, hot_temperature=1.0).ladder == pytest.approx([0.25, 0.5, 1.0])
+
+
+def _bimodal(x: torch.Tensor) -> torch.Tensor:
+    """f(x) = log(0.55 N(x; 4, 1) + 0.45 N(x; -4, 1)) up to a constant, on the first coordinate."""
+    x = x[:, 0]
+    return torch.logsumexp(torch.stack([-(x - 4) ** 2 / 2 + math.log(0.55), -(x + 4) ** 2 / 2 + math.log(0.45)]), 0)
+
+
+def test_replica_exchange_crosses_between_modes_with_the_right_weights():
+    """At T = 0.25 the barrier between the modes is ~32 nats: chains started in one mode stay there without
+    tempering; with replicas up to T = 4 the T chain visits both in the proportion quadrature gives."""
+    s, t = 4.0, 0.25
+    grid = torch.linspace(-12, 12, 24001).view(-1, 1)
+    dens = torch.exp(_bimodal(grid) / t - grid[:, 0] ** 2 / (2 * s * s))
+    want = float(dens[grid[:, 0] < 0].sum() / dens.sum())  # ~0.31
+    x0 = torch.full((400, 1), 4.0)
+    kw = dict(iters=300, leapfrog_steps=10, step_size=0.3, mass=1.0, sigma=s, temperature=t, generator=gen(7))
+    plain = hmc_sample(_bimodal, x0, **kw)
+    tempered = hmc_sample(_bimodal, x0, replicas=5, hot_temperature=4.0, **kw)
+    assert float((plain.x[:, 0] < 0).float().mean()) < 0.02
+    assert float((tempered.x[:, 0] < 0).float().mean()) == pytest.approx(want, abs=0.07)  # ~3 standard errors
+    assert tempered.x[:, 0].abs().mean() == pytest.approx(4.0, abs=0.3)  # in the modes, not between them
+
+
+def test_replica_exchange_keeps_node_groups_and_split_runs():
+    """A chain's replicas are consecutive rows, so a two-node score (equal consecutive groups) sees each chain's
+    replicas in its own group; chains split over devices (noise_rows) repeat the one-device run."""
+    a = torch.tensor([1.0, 2.0])
+
+    def two_nodes(x):
+        sign = torch.where(torch.arange(x.shape[0]) < x.shape[0] // 2, 1.0, -1.0)
+        return sign * (x @ a)
+
+    kw = dict(iters=30, leapfrog_steps=8, step_size=0.3, mass=1.0, temperature=0.5, replicas=3, hot_temperature=2.0)
+    r = hmc_sample(two_nodes, torch.zeros(2000, 2), generator=gen(2), **kw)
+    torch.testing.assert_close(r.x[:1000].mean(0), a / 0.5, atol=0.08, rtol=0)
+    torch.testing.assert_close(r.x[1000:].mean(0), -a / 0.5, atol=0.08, rtol=0)
+    whole = hmc_sample(lambda x: x @ a, torch.zeros(6, 2), generator=gen(3), **kw)
+    parts = [hmc_sample(lambda x: x @ a, torch.zeros(3, 2), generator=gen(3), noise_rows=torch.arange(k, k + 3),
+                        noise_total=6, **kw).x for k in (0, 3)]
+    torch.testing.assert_close(torch.cat(parts), whole.x)
+
+
+def test_replica_settings():
+    with pytest.raises(ValueError, match="hot_temperature"):
+        HMCConfig(temperature=0.5, replicas=2, hot_temperature=0.5)
+    with pytest.raises(ValueError, match="replicas"):
+        HMCConfig(replicas=0)
+    assert HMCConfig(temperature=0.5, hot_temperature=0.1).ladder == [0.5]  # one replica: the hot T is unused
+
+
+def test_an_exchange_moves_states_and_retempers_their_energy_and_gradient():
+    """With every test passed, pairs (0, 1) and (2, 3) swap (parity 0) and the pair (1, 2) does not; each row's U and
+    dU/dx are then those of its new state at its own temperature, as potential() computes them."""
+    from gencnn_plugin.hmc import exchange, potential
+
+    def score(x):
+        return torch.sin(3 * x).sum(1) + (x ** 3).sum(1) / 10
+
+    ladder, s = torch.tensor([0.2, 0.5, 1.0, 3.0]), 0.7
+    x = torch.randn(2 * 4, 5, generator=gen(5))
+    row_t = ladder.repeat(2)
+    u, grad, f = potential(score, x, s, temperature=row_t)
+    x2, grad2, u2, f2, swapped, tried = exchange(x, grad, u, f, ladder, 1 / s / s, 0, torch.full((2, 3), -math.inf))
+    want = x.view(2, 4, 5)[:, [1, 0, 3, 2]].reshape(8, 5)
+    torch.testing.assert_close(x2, want)
+    u_want, grad_want, f_want = potential(score, want, s, temperature=row_t)
+    torch.testing.assert_close(grad2, grad_want)
+    torch.testing.assert_close(u2, u_want)
+    torch.testing.assert_close(f2, f_want)
+    assert swapped.tolist() == [2, 0, 2] and tried.tolist() == [2, 0, 2]
+    none = exchange(x, grad, u, f, ladder, 1 / s / s, 1, torch.full((2, 3), math.inf))  # every test failed
+    torch.testing.assert_close(none[0], x)
+    assert none[4].tolist() == [0, 0, 0] and none[5].tolist() == [0, 2, 0]

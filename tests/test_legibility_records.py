@@ -114,6 +114,7 @@ def test_each_legible_preset_is_the_benchmark_setting_it_is_measured_as(preset, 
     assert st.method == "hmc" and st.display == "last" and st.warm_lr == 0.05  # visualize.warm_start's Adam rate
     assert cfg.reference.split(":")[0] == st.reference
     mine = {k: getattr(cfg, k) for k in ("sigma", "temperature", "step_size", "leapfrog_steps", "mass", "iters",
-                                         "adapt_steps", "target_accept", "clip", "jitter", "warm_augment")}
+                                         "adapt_steps", "target_accept", "clip", "jitter", "warm_augment", "replicas",
+                                         "hot_temperature")}
     theirs = {k: getattr(st, k) for k in mine}
     assert (mine, cfg.warm_start) == (theirs, st.warm_opt)

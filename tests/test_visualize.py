@@ -166,6 +166,27 @@ def test_cli_shows_samples_and_means_and_writes_them(lenet_ckpt, tmp_path, capsy
     assert "R-hat" in both.text["Description"]
 
 
+def test_sample_command_with_replica_exchange(lenet_ckpt, tmp_path, capsys):
+    """``--replicas`` on two nodes: the T chains come back (one row per chain, nodes grouped), the command prints the
+    ladder and swap rates, and the caption and .npz say how the samples were drawn."""
+    import json
+
+    png, npz = tmp_path / "t.png", tmp_path / "t.npz"
+    assert main(["sample", str(lenet_ckpt), "--node", "logits:3", "--node", "logits:4", "--chains", "3", "--iters",
+                 "4", "--leapfrog-steps", "3", "--reference", "pink", "--temperature", "0.5", "--replicas", "3",
+                 "--hot-temperature", "2", "--device", "cpu", "--out", str(png), "--npz", str(npz), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "replica exchange: T 0.5 / 1 / 2, swap rates" in out
+    assert "3 replicas up to T = 2" in Image.open(png).text["Description"]
+    data = np.load(npz, allow_pickle=False)
+    assert data["samples"].shape == (6, 1, 28, 28)
+    meta = json.loads(str(data["meta"]))
+    assert meta["config"]["replicas"] == 3 and len(meta["summary"]["swap_rate"]) == 2
+    assert main(["sample", str(lenet_ckpt), "--node", "logits:4", "--replicas", "2", "--temperature", "1",
+                 "--out", str(tmp_path / "bad.png"), "-q"]) == 2  # a hot temperature that is not hotter
+    assert "hot_temperature" in capsys.readouterr().err
+
+
 def test_unconverged_chains_are_reported(lenet_ckpt, tmp_path, capsys):
     """Chains that barely move stay at their dispersed starting points: R-hat far above 1.05, and the command says
     the grid is not yet a sample (the warning path); the .npz records the same R-hat."""
