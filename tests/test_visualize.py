@@ -57,7 +57,8 @@ def test_the_default_preset_suits_the_input_and_every_default_loads():
     ref = make_reference(fashion.reference, info(1, 28), fashion.sigma)  # the shipped Fashion-MNIST Gaussian
     assert ref.data == "fashion_mnist_pca" and ref.to_x(torch.zeros(1, *ref.z_shape)).shape == (1, 1, 28, 28)
     legible = load_preset("mnist_legible")
-    assert (legible.reference, legible.temperature, legible.iters, legible.adapt_steps) == ("pca", 0.8, 3000, 100)
+    assert (legible.reference, legible.temperature, legible.replicas, legible.hot_temperature, legible.iters,
+            legible.adapt_steps) == ("pca", 0.6, 4, 1.0, 1000, 100)
 
 
 def test_grid_and_npz(tmp_path):
