@@ -223,9 +223,9 @@ def hmc_sample(
     # score's grouping of consecutive chains holds); R = 1 is the plain sampler, with the same random numbers
     reps = config.replicas
     n, total = b * reps, (noise_total or b) * reps
-    rows = noise_rows
+    rows = chain_rows = noise_rows if noise_rows is None else noise_rows.to(device)  # moved once, not per iteration
     if noise_rows is not None and reps > 1:
-        rows = (noise_rows.to(device).view(-1, 1) * reps + torch.arange(reps, device=device)).flatten()
+        rows = (chain_rows.view(-1, 1) * reps + torch.arange(reps, device=device)).flatten()
     ladder = torch.tensor(config.ladder, device=device)
     row_t = ladder.repeat(b) if reps > 1 else config.temperature
     inv_var = 1.0 / sigma / sigma
@@ -283,7 +283,7 @@ def hmc_sample(
             eps = torch.exp(log_eps_bar) if t == adapt_steps else torch.exp(log_eps)
         if reps > 1:
             r = torch.rand(noise_total or b, reps - 1, device=device, generator=generator)
-            r = r if noise_rows is None else r[noise_rows.to(device)]
+            r = r if chain_rows is None else r[chain_rows]
             x, grad, u, f, swapped, tried = exchange(x, grad, u, f, ladder, inv_var, it % 2, torch.log(r))
             swaps, swap_tries = swaps + swapped, swap_tries + tried
         done = it + 1

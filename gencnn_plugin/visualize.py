@@ -221,12 +221,20 @@ def _sample_split(model: nn.Module, info: ModelInfo, nodes: list[str], config: H
         trace={key: torch.cat([res.trace[key][:done] for _, res, _, _ in outs], dim=1)[:, back]
                for key in outs[0][1].trace},
         grad_evals=sum(res.grad_evals for _, res, _, _ in outs), seconds=max(res.seconds for _, res, _, _ in outs),
-        iters_done=done, stopped=any(res.stopped for _, res, _, _ in outs))
+        iters_done=done, stopped=any(res.stopped for _, res, _, _ in outs),
+        swap_rate=_pooled_swap_rate([(len(rows), res.swap_rate) for rows, res, _, _ in outs]))
     means = [m.mean_z for _, _, m, _ in outs]
     mean_z = torch.cat([m.cpu() for m in means])[back] if all(m is not None for m in means) else None
     proj = torch.cat([m.projection_trace()[:done].cpu() for _, _, m, _ in outs], dim=1)[:, back]
     reference = make_reference(config.reference, info, config.sigma)
     return _finish(result, mean_z, proj, reference, outs[0][3], config, info, [])
+
+
+def _pooled_swap_rate(parts: list[tuple[int, torch.Tensor | None]]) -> torch.Tensor | None:
+    """The replica-exchange swap rate of chains split over devices: each part's rate weighted by its chains."""
+    if any(rate is None for _, rate in parts):
+        return None
+    return sum(n * rate.cpu() for n, rate in parts) / sum(n for n, _ in parts)
 
 
 def score_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module:

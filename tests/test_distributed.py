@@ -142,11 +142,17 @@ def test_torchrun_trains_saves_once_and_resumes(tmp_path):
     assert load_checkpoint(run)[2]["epoch"] == 2 and "resumed" in again.stdout
 
 
-def test_chains_split_over_devices_match_one_device():
+@pytest.mark.parametrize("tempering", [{}, {"temperature": 0.5, "replicas": 3, "hot_temperature": 1.0}])
+def test_chains_split_over_devices_match_one_device(tempering):
+    """Each part holds interleaved rows (some chains of every node); with replica exchange too, and the parts' swap
+    rates pool to the one-device run's."""
     model, info = create_model("lenet")
-    cfg = HMCConfig(chains=6, iters=3, leapfrog_steps=4, step_size=0.01, seed=3)
+    cfg = HMCConfig(chains=6, iters=3, leapfrog_steps=4, step_size=0.01, seed=3, **tempering)
     one = sample_node(model, info, ["logits:1", "logits:5"], cfg, "cpu")
     split = sample_node(model, info, ["logits:1", "logits:5"], cfg, devices=["cpu", "cpu", "cpu"])
     torch.testing.assert_close(split.result.x, one.result.x, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(split.result.trace["accepted"], one.result.trace["accepted"])
     assert split.result.x.shape == (12, 1, 28, 28) and split.nodes == one.nodes
+    if tempering:
+        torch.testing.assert_close(split.result.swap_rate, one.result.swap_rate)
+        assert split.result.summary["swap_rate"] == one.result.summary["swap_rate"]

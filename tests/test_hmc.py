@@ -267,6 +267,12 @@ def test_an_exchange_moves_states_and_retempers_their_energy_and_gradient():
     torch.testing.assert_close(u2, u_want)
     torch.testing.assert_close(f2, f_want)
     assert swapped.tolist() == [2, 0, 2] and tried.tolist() == [2, 0, 2]
+    # a finite threshold: each pair swaps exactly when log u < (1/T_r - 1/T_{r+1}) (f_{r+1} - f_r)
+    fv = f.view(2, 4)
+    log_a = (1 / ladder[:-1] - 1 / ladder[1:]) * (fv[:, 1:] - fv[:, :-1])
+    for eps, want_swap in ((-1e-4, True), (1e-4, False)):
+        out = exchange(x, grad, u, f, ladder, 1 / s / s, 0, log_a + eps)
+        assert out[4].tolist() == ([2, 0, 2] if want_swap else [0, 0, 0])
     none = exchange(x, grad, u, f, ladder, 1 / s / s, 1, torch.full((2, 3), math.inf))  # every test failed
     torch.testing.assert_close(none[0], x)
     assert none[4].tolist() == [0, 0, 0] and none[5].tolist() == [0, 2, 0]
