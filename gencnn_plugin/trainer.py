@@ -404,6 +404,29 @@ def _signals_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Ctrl-C and SIGTERM wait until the block ends (main thread): the resume state and the checkpoint are written as
+    a pair, so an interrupt between the two cannot leave a resume state one epoch ahead of the weights. (Handlers,
+    not a signal mask: any thread of the process may receive a signal.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        pending.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def _run_epoch(run: _Run, epoch: int) -> None:
     """One epoch: train, evaluate, then rank 0 writes the resume state and the checkpoint (each atomically)."""
     cfg, schedule, ctx = run.cfg, run.schedule, run.ctx
@@ -454,16 +477,17 @@ def _run_epoch(run: _Run, epoch: int) -> None:
     state = {"epoch": epoch + 1, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
              "schedule": schedule.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else {},
              "history": run.history}
-    try:
-        save_train_state(run.run_dir / TRAIN_STATE_NAME, state)
-        save_checkpoint(run.run_dir / CHECKPOINT_NAME, run.model, run.info, follow_symlinks=False, mode=cfg.mode,
-                        epoch=epoch + 1,
-                        phase=end["phase"], dataset=cfg.dataset, test_error=test["error"], config=run.resolved,
-                        gencnn=__version__, date=_now())
-    except (OSError, RuntimeError, CheckpointError) as e:  # disk full, quota, permissions: previous files stay
-        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200]
-        raise CheckpointError(f"could not save epoch {epoch + 1} to {run.run_dir} ({reason}); "
-                              f"{kept.replace('the last good', 'the previous')}") from None
+    with _deferred_interrupts():  # no Ctrl-C or SIGTERM between the two files
+        try:
+            save_train_state(run.run_dir / TRAIN_STATE_NAME, state)
+            save_checkpoint(run.run_dir / CHECKPOINT_NAME, run.model, run.info, follow_symlinks=False, mode=cfg.mode,
+                            epoch=epoch + 1,
+                            phase=end["phase"], dataset=cfg.dataset, test_error=test["error"], config=run.resolved,
+                            gencnn=__version__, date=_now())
+        except (OSError, RuntimeError, CheckpointError) as e:  # disk full, quota, permissions: previous files stay
+            reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200]
+            raise CheckpointError(f"could not save epoch {epoch + 1} to {run.run_dir} ({reason}); "
+                                  f"{kept.replace('the last good', 'the previous')}") from None
     _write_run_file(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in run.history))
     if ctx.enabled:
         torch.distributed.barrier()
