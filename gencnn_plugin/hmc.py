@@ -246,7 +246,6 @@ def hmc_sample(
     h_bar = torch.zeros(n, device=device)
     log_eps_bar = torch.zeros(n, device=device)
     swaps = torch.zeros(max(reps - 1, 0), device=device)
-    swap_tries = torch.zeros(max(reps - 1, 0), device=device)
 
     names = ("accepted", "potential", "energy_error", "score", "step_size")
     trace = {k: torch.zeros(iters, b, device=device) for k in names}
@@ -284,8 +283,8 @@ def hmc_sample(
         if reps > 1:
             r = torch.rand(noise_total or b, reps - 1, device=device, generator=generator)
             r = r if chain_rows is None else r[chain_rows]
-            x, grad, u, f, swapped, tried = exchange(x, grad, u, f, ladder, inv_var, it % 2, torch.log(r))
-            swaps, swap_tries = swaps + swapped, swap_tries + tried
+            x, grad, u, f, swapped = exchange(x, grad, u, f, ladder, inv_var, it % 2, torch.log(r))
+            swaps = swaps + swapped
         done = it + 1
         if callback is not None and callback(HMCStep(it, cold(x), cold(acc), cold(f), cold(d_h), cold(eps))):
             stopped = it + 1 < iters
@@ -296,9 +295,15 @@ def hmc_sample(
     trace = {k: v[:done].cpu() for k, v in trace.items()}
     result = HMCResult(x=cold(x).detach(), accept_rate=trace["accepted"].mean(0) if done else torch.zeros(b),
                        trace=trace, grad_evals=grad_evals * reps, seconds=seconds, iters_done=done, stopped=stopped,
-                       swap_rate=(swaps / swap_tries.clamp_min(1)).cpu() if reps > 1 else None)
+                       swap_rate=_swap_rate(swaps, done, b) if reps > 1 else None)
     result.summary = summarize(result, adapt_steps)
     return result
+
+
+def _swap_rate(swaps: torch.Tensor, iters: int, chains: int) -> torch.Tensor:
+    """Accepted over tried swaps per pair: pair r is tried by every chain in the iterations of its parity."""
+    tries = torch.tensor([(iters + 1 - r % 2) // 2 for r in range(swaps.numel())], dtype=torch.float32) * chains
+    return swaps.cpu() / tries.clamp_min(1)
 
 
 def exchange(x: torch.Tensor, grad: torch.Tensor, u: torch.Tensor, f: torch.Tensor, ladder: torch.Tensor,
@@ -309,7 +314,7 @@ def exchange(x: torch.Tensor, grad: torch.Tensor, u: torch.Tensor, f: torch.Tens
     Rows are chain-major (row c * R + r at T_r); ``grad``, ``u`` and ``f`` are dU/dx, U and f of the rows' states;
     ``log_u`` (C, R - 1) are the log-uniforms of the tests. The gradient and energy of a moved state are re-tempered
     for its new row from the cached f and df/dx: no score evaluation. Returns (x, grad, U, f, accepted swaps per
-    pair (R - 1,), pairs tried per pair (R - 1,)).
+    pair (R - 1,)).
     """
     reps, chains = ladder.numel(), log_u.shape[0]
     device = x.device
@@ -324,12 +329,11 @@ def exchange(x: torch.Tensor, grad: torch.Tensor, u: torch.Tensor, f: torch.Tens
     row_t = ladder.repeat(chains)
     df = (x * inv_var - grad) * _per_chain(row_t, x)  # df/dx, untempered
     moved = (step != 0).flatten()
-    x_new, df_new, f_new = x[src], df[src], f[src]
-    grad_new = x_new * inv_var - df_new / _per_chain(row_t, x)
-    u_new = -f_new / row_t + x_new.pow(2).flatten(1).sum(1) * (inv_var / 2)
-    m = _per_chain(moved, x)
-    return (torch.where(m, x_new, x), torch.where(m, grad_new, grad), torch.where(moved, u_new, u),
-            torch.where(moved, f_new, f), acc.float().sum(0), pair.float() * chains)
+    x, f = x[src], f[src]  # an unmoved row is its own source
+    grad_new = x * inv_var - df[src] / _per_chain(row_t, x)
+    u_new = -f / row_t + x.pow(2).flatten(1).sum(1) * (inv_var / 2)
+    # unmoved rows keep their cached values bit for bit (the round trip through df would round them)
+    return x, torch.where(_per_chain(moved, x), grad_new, grad), torch.where(moved, u_new, u), f, acc.float().sum(0)
 
 
 def summarize(result: HMCResult, warmup: int = 0, groups: int = 1) -> dict:
