@@ -8,13 +8,16 @@ Only the tuning classes are read here: a range chosen from this probe is then ru
 (``legibility.py imagenet --class-set heldout``), which this probe never sees.
 
     GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants lucent strong wide
+    GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants wider zoomout wide_x4  # eighth session
     # -> docs/results/legibility/pilots/augment_probe_squeezenet1_1.json (one entry per variant and class;
-    #    resumes; one process per --model: the file is rewritten after each class)
+    #    resumes; processes on other variants or classes may run side by side: each re-reads the file before
+    #    adding its class)
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -36,18 +39,37 @@ VARIANTS = {
     "lucent": (12 / 224, (0.90, 1.10), 10.0),  # lucent's standard_transforms: pad 12 + jitter 8 + 4, zoom 0.9-1.1
     "strong": (16 / 224, (0.80, 1.20), 15.0),
     "wide": WARM_TRANSFORMS["wide"],  # mostly zoom-out (smaller copies of the image): object-sized parts
+    # the eighth session's step past wide: does more zoom-out (and shift) keep paying?
+    "wider": (48 / 224, (0.45, 1.20), 25.0),
+    "zoomout": (32 / 224, (0.40, 1.00), 20.0),  # only smaller copies: the whole object must fit in the frame
+    "wide_x4": WARM_TRANSFORMS["wide"],  # the wide range, each step averaging 4 transforms of every image
 }
 PILOTS = L.RESULTS / "pilots"  # not records: the report reads only the folder above
+VIEWS = {"wide_x4": 4}  # transforms averaged per step (1 if not named): MACO's several crops per step, 4 x the work
 
 
-def warm(model, info, c: int, shift: float, zoom: tuple[float, float], degrees: float, chains: int, seed: int
-         ) -> torch.Tensor:
-    """The benchmark's warm start (legibility.draw) with other transform ranges; returns pixel images."""
+class ViewAveraged(torch.nn.Module):
+    """The mean of ``k`` calls' worth of a random-transform score in one batch: each image scored under k fresh
+    transforms, so a step's gradient is less the luck of one shift or zoom."""
+
+    def __init__(self, fn: torch.nn.Module, k: int) -> None:
+        super().__init__()
+        self.fn, self.k = fn, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x.repeat(self.k, 1, 1, 1)).view(self.k, x.shape[0]).mean(0)
+
+
+def warm(model, info, c: int, shift: float, zoom: tuple[float, float], degrees: float, chains: int, seed: int,
+         views: int = 1) -> torch.Tensor:
+    """The benchmark's warm start (legibility.draw) with other transform ranges (and ``views`` transforms averaged
+    per step); returns pixel images."""
     st = replace(L.IMAGENET_SETTINGS["pink_s03_aug600_t001"], chains=chains)
     cfg = L.score_config(st, seed)
     ref = make_reference(st.reference, info, sigma=st.sigma)
     fn = RandomAffineScore(warm_view(node_score(model, info, [f"logits:{c}"]), info, cfg),
                            shift=shift, zoom=zoom, degrees=degrees, seed=seed)
+    fn = ViewAveraged(fn, views) if views > 1 else fn
     # the library's warm start with this range wrapped around the score (and none added by the config)
     z = warm_start(fn, ref, initial_z(ref, chains, seed), replace(cfg, warm_augment="off"), lr=st.warm_lr)
     with torch.no_grad():
@@ -77,21 +99,38 @@ def main(argv: list[str] | None = None) -> None:
         shift, zoom, degrees = VARIANTS[name]
         for c in args.classes:
             rec = json.loads(out.read_text()) if out.exists() else {"variants": {}, "runs": {}}
-            rec["variants"] = {k: {"shift_px": round(v[0] * 224, 6), "zoom": list(v[1]), "degrees": v[2]}
-                               for k, v in VARIANTS.items()}
             key = f"{name}/{c}"
             if key in rec["runs"]:
                 continue
             t0 = time.perf_counter()
-            pix = warm(model, info, c, shift, zoom, degrees, args.chains, args.seed + c)
+            pix = warm(model, info, c, shift, zoom, degrees, args.chains, args.seed + c, VIEWS.get(name, 1))
             ranks = L.judge_ranks(judge, jinfo, pix, torch.full((args.chains,), c)).tolist()
             torch.save((pix * 255).round().to(torch.uint8), cache / f"{args.model}_{name}_{c}.pt")
-            rec["runs"][key] = {"ranks": ranks, "seconds": time.perf_counter() - t0}
-            rec.update(L._meta(args, args.threads))
-            out.write_text(json.dumps(rec, indent=1) + "\n")
+            run = {"ranks": ranks, "seconds": time.perf_counter() - t0}
+            with open(out.with_suffix(".lock"), "w") as lock:  # read-merge-write: other processes add classes too
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                rec = json.loads(out.read_text()) if out.exists() else rec
+                rec["variants"] = {k: {"shift_px": round(v[0] * 224, 6), "zoom": list(v[1]), "degrees": v[2],
+                                   "views": VIEWS.get(k, 1)} for k, v in VARIANTS.items()}
+                rec["runs"][key] = run
+                rec.update(L._meta(args, args.threads))
+                out.write_text(json.dumps(rec, indent=1) + "\n")
             print(f"{name} class {c}: judge ranks {ranks}, {rec['runs'][key]['seconds']:.0f} s", flush=True)
-        hits = [r < 5 for k, v in rec["runs"].items() if k.startswith(name + "/") for r in v["ranks"]]
-        print(f"{name}: top-5 {sum(hits)}/{len(hits)}", flush=True)
+    summarize(json.loads(out.read_text()), args.variants)
+
+
+def summarize(rec: dict, variants: list[str], against: str = "wide") -> None:
+    """Each variant's top-5 count, and its paired difference from ``against`` (imagenet_legible's range) over the
+    classes both ran, with the benchmark's class-bootstrap interval."""
+    def as_record(name: str) -> dict:
+        return {"classes": {k.split("/")[1]: v for k, v in rec["runs"].items() if k.split("/")[0] == name}}
+
+    for name in variants:
+        hits = [r < 5 for v in as_record(name)["classes"].values() for r in v["ranks"]]
+        d = L.paired_difference(as_record(name), as_record(against)) if name != against else None
+        vs = "" if d is None else (f"; minus {against} over {d['classes']} classes {100 * d['diff']:+.1f} points "
+                                   f"({100 * d['ci'][0]:+.1f} .. {100 * d['ci'][1]:+.1f})")
+        print(f"{name}: top-5 {sum(hits)}/{len(hits)}{vs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -577,6 +577,31 @@ def cmd_digits(args: argparse.Namespace) -> None:
               f"{rec['accept'] if rec['accept'] is not None else float('nan'):.2f}, {rec['seconds']:.0f} s", flush=True)
 
 
+def cmd_real_agreement(args: argparse.Namespace) -> None:
+    """How often the judge names the class the sampled LeNet names, on real test images: the agreement that samples
+    as typical as real images would read. A judge that disagrees with the LeNet on real shirts caps what its
+    agreement on sampled shirts can show (``real_agreement_<dataset>.json``; the report prints it)."""
+    torch.set_num_threads(args.threads)
+    stem = DATASET_FILES[args.dataset]
+    lenet, info, _ = load_checkpoint(args.lenet)
+    judge, jinfo, _ = load_checkpoint(args.judge or REPO / "runs" / f"judge_{stem}")
+    test = load_idx(args.dataset, _data_dir(args), train=False)
+    with torch.no_grad():
+        pix = test.images.float() / 255
+        own = torch.cat([lenet(from_pixels(pix[i:i + 1000], info)).argmax(1) for i in range(0, len(pix), 1000)])
+        jl = torch.cat([judge(from_pixels(pix[i:i + 1000], jinfo)).argmax(1) for i in range(0, len(pix), 1000)])
+    rec = {"benchmark": "real_agreement", "dataset": args.dataset, "lenet": str(args.lenet),
+           "judge": str(args.judge or f"runs/judge_{stem}"), "images": len(pix),
+           "agreement": proportion(jl == own, own),  # grouped by the LeNet's class, as samples are by their node
+           "per_class": [float((jl[own == k] == k).float().mean()) for k in range(10)],
+           "lenet_accuracy": float((own == test.labels).float().mean()),
+           "judge_accuracy": float((jl == test.labels).float().mean()), **_meta(args, args.threads)}
+    path = Path(args.out) if args.out else RESULTS / f"real_agreement_{stem}.json"
+    path.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"{args.dataset}: the judge names the LeNet's class on {100 * rec['agreement']['p']:.1f}% of the "
+          f"{len(pix)} test images; per class " + " ".join(f"{100 * v:.0f}" for v in rec["per_class"]))
+
+
 def save_digit_grid(pix: torch.Tensor, chains: int, path: Path) -> None:
     """One row per class, one column per chain, upscaled 3x."""
     import torchvision.utils as vutils
@@ -1096,6 +1121,11 @@ def cmd_report(args: argparse.Namespace) -> None:
             continue
         r0 = rows[0]
         acc = r0["judge"].get("accuracy") or {}
+        real = next((r for r in recs if r.get("benchmark") == "real_agreement" and r["dataset"] == dataset), None)
+        ceiling = "" if real is None else (
+            f" On the {real['images']:,} real test images the judge names the LeNet's class {_ci(real['agreement'])}"
+            " (`legibility.py real-agreement`): the agreement samples as typical as real images would read; per "
+            "class " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in enumerate(real["per_class"])) + ".")
         lines += [f"## {dataset}: class nodes logits:0-9 of a LeNet", "",
                   f"Sampled: `{r0['sampled']['model']}` (test error {_num(r0['sampled'].get('test_error'), '.4f')}). "
                   f"Judge: `{r0['judge']['model']}` trained here with reference noise added (clean accuracy "
@@ -1108,7 +1138,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                   "warm-up, worst node (nodes <= 1.05 of 10). Targets: agreement >= 97% and >= 50 points over the "
                   "control, each decided by the wider of the Wilson and the class-bootstrap 95% intervals (met, "
                   "not met, or undecided at this n); diversity >= 0.5; R-hat <= 1.05. Rows are sorted by agreement. "
-                  "A running mean (display mean) is an average, not a sample: its diversity is not comparable.", "",
+                  "A running mean (display mean) is an average, not a sample: its diversity is not comparable."
+                  + ceiling, "",
                   "| setting | judge agreement (95% interval), k/n | control | diversity | R-hat max (nodes ok) "
                   "| accept | LeNet agrees | wall s | verdict |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: -r["judge_agreement"]["p"]):
@@ -1210,6 +1241,13 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--real-per-class", type=int, default=200)
     d.add_argument("--data-dir", default=None)
     d.add_argument("--threads", type=int, default=2)
+    a = sub.add_parser("real-agreement", help="the judge against the LeNet on real test images (a ceiling)")
+    a.add_argument("--dataset", choices=list(DATASET_FILES), default="mnist")
+    a.add_argument("--lenet", default=None, help="as for digits")
+    a.add_argument("--judge", default=None)
+    a.add_argument("--data-dir", default=None)
+    a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--out", default=None, help="default docs/results/legibility/real_agreement_<dataset>.json")
     m = sub.add_parser("imagenet", help="ImageNet class samples judged by the other network")
     m.add_argument("--model", choices=list(IMAGENET_MODELS), default="squeezenet1_1")
     m.add_argument("--settings", nargs="+", default=list(IMAGENET_SETTINGS), choices=list(IMAGENET_SETTINGS))
@@ -1231,10 +1269,10 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--show", nargs="+", default=shown,
                    help="settings whose pictures the report shows")
     args = p.parse_args(argv)
-    if args.cmd == "digits" and args.lenet is None:
+    if args.cmd in ("digits", "real-agreement") and args.lenet is None:
         args.lenet = str(REPO / "runs" / ("lenet_dg25" if args.dataset == "mnist" else "lenet_fashion_dg25"))
     {"fit-references": cmd_fit_references, "train-judge": cmd_train_judge, "digits": cmd_digits,
-     "imagenet": cmd_imagenet, "report": cmd_report}[args.cmd](args)
+     "real-agreement": cmd_real_agreement, "imagenet": cmd_imagenet, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

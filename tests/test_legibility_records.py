@@ -49,7 +49,8 @@ def test_a_record_written_before_the_jitter_field_changed_still_matches():
     assert L.record_key("x", "heldout") == "x_heldout" and L.record_key("x", "tuning") == L.record_key("x", None) == "x"
 
 
-RECORDS = sorted((Path(__file__).resolve().parent.parent / "docs" / "results" / "legibility").glob("*.json"))
+RECORDS = sorted(p for p in (Path(__file__).resolve().parent.parent / "docs" / "results" / "legibility").glob("*.json")
+                 if not p.stem.startswith("real_agreement_"))  # not a setting's record: test_real_agreement_*
 
 
 @pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
@@ -118,3 +119,38 @@ def test_each_legible_preset_is_the_benchmark_setting_it_is_measured_as(preset, 
                                          "hot_temperature")}
     theirs = {k: getattr(st, k) for k in mine}
     assert (mine, cfg.warm_start) == (theirs, st.warm_opt)
+
+
+def test_real_agreement_counts_the_judge_against_the_sampled_networks_labels(tmp_path, data_dir):
+    """The ceiling the report prints: a judge that is the sampled network itself agrees on every image; a judge that
+    always names one class c agrees exactly on the images the sampled network calls c, and per class on c only."""
+    import copy
+
+    from gencnn_plugin.checkpoint import save_checkpoint
+    from gencnn_plugin.data import load_idx
+
+    torch.manual_seed(0)
+    lenet, info = create_model("lenet")
+    lenet.eval()
+    test = load_idx("mnist", str(data_dir), train=False)
+    with torch.no_grad():
+        own = torch.cat([lenet(L.from_pixels(test.images[i:i + 1000].float() / 255, info)).argmax(1)
+                         for i in range(0, 10000, 1000)])
+    c = int(own.mode().values)
+    const = copy.deepcopy(lenet)
+    with torch.no_grad():
+        [m for m in const.modules() if isinstance(m, torch.nn.Linear)][-1].bias[c] += 1e4  # every input is a c
+    for m, name in ((lenet, "a"), (const, "const")):
+        (tmp_path / name).mkdir()
+        save_checkpoint(tmp_path / name / "checkpoint.safetensors", m, info, dataset="mnist", mode="dg")
+    recs = {}
+    for judge in ("a", "const"):
+        out = tmp_path / f"{judge}.json"
+        L.main(["real-agreement", "--data-dir", str(data_dir), "--lenet", str(tmp_path / "a"), "--judge",
+                str(tmp_path / judge), "--out", str(out)])
+        recs[judge] = json.loads(out.read_text())
+    same, one = recs["a"], recs["const"]
+    assert same["images"] == same["agreement"]["n"] == 10000 and same["agreement"]["k"] == 10000
+    assert all(v == 1.0 for v in same["per_class"] if v == v)  # nan: a class the untrained LeNet never names
+    assert 0 < one["agreement"]["k"] == int((own == c).sum()) < 10000
+    assert one["per_class"][c] == 1.0 and all(v == 0.0 for k, v in enumerate(one["per_class"]) if k != c and v == v)
