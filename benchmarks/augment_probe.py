@@ -60,8 +60,8 @@ class ViewAveraged(torch.nn.Module):
         return self.fn(x.repeat(self.k, 1, 1, 1)).view(self.k, x.shape[0]).mean(0)
 
 
-def warm(model, info, c: int, shift: float, zoom: tuple[float, float], degrees: float, chains: int, seed: int,
-         views: int = 1) -> torch.Tensor:
+def warm(model: torch.nn.Module, info, c: int, shift: float, zoom: tuple[float, float], degrees: float, chains: int,
+         seed: int, views: int = 1) -> torch.Tensor:
     """The benchmark's warm start (legibility.draw) with other transform ranges (and ``views`` transforms averaged
     per step); returns pixel images."""
     st = replace(L.IMAGENET_SETTINGS["pink_s03_aug600_t001"], chains=chains)
@@ -98,9 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.variants:
         shift, zoom, degrees = VARIANTS[name]
         for c in args.classes:
-            rec = json.loads(out.read_text()) if out.exists() else {"variants": {}, "runs": {}}
             key = f"{name}/{c}"
-            if key in rec["runs"]:
+            if key in read(out)["runs"]:
                 continue
             t0 = time.perf_counter()
             pix = warm(model, info, c, shift, zoom, degrees, args.chains, args.seed + c, VIEWS.get(name, 1))
@@ -109,20 +108,30 @@ def main(argv: list[str] | None = None) -> None:
             run = {"ranks": ranks, "seconds": time.perf_counter() - t0}
             with open(out.with_suffix(".lock"), "w") as lock:  # read-merge-write: other processes add classes too
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                rec = json.loads(out.read_text()) if out.exists() else rec
+                rec = read(out)
                 rec["variants"] = {k: {"shift_px": round(v[0] * 224, 6), "zoom": list(v[1]), "degrees": v[2],
                                    "views": VIEWS.get(k, 1)} for k, v in VARIANTS.items()}
                 rec["runs"][key] = run
-                rec.update(L._meta(args, args.threads))
-                out.write_text(json.dumps(rec, indent=1) + "\n")
-            print(f"{name} class {c}: judge ranks {ranks}, {rec['runs'][key]['seconds']:.0f} s", flush=True)
-    summarize(json.loads(out.read_text()), args.variants)
+                meta = L._meta(args, args.threads)
+                said = rec.get("commands") or ([rec["command"]] if rec.get("command") else [])
+                rec.update(meta, commands=list(dict.fromkeys(said + [meta["command"]])))
+                tmp = out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(rec, indent=1) + "\n")
+                tmp.replace(out)  # a reader never sees half a file
+            print(f"{name} class {c}: judge ranks {ranks}, {run['seconds']:.0f} s", flush=True)
+    summarize(read(out), args.variants)
+
+
+def read(path: Path) -> dict:
+    """The probe's record, or an empty one."""
+    return json.loads(path.read_text()) if path.exists() else {"variants": {}, "runs": {}}
 
 
 def summarize(rec: dict, variants: list[str], against: str = "wide") -> None:
     """Each variant's top-5 count, and its paired difference from ``against`` (imagenet_legible's range) over the
     classes both ran, with the benchmark's class-bootstrap interval."""
     def as_record(name: str) -> dict:
+        """A variant's runs in the shape of a benchmark record (class -> ranks), for paired_difference."""
         return {"classes": {k.split("/")[1]: v for k, v in rec["runs"].items() if k.split("/")[0] == name}}
 
     for name in variants:

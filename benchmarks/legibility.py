@@ -577,6 +577,12 @@ def cmd_digits(args: argparse.Namespace) -> None:
               f"{rec['accept'] if rec['accept'] is not None else float('nan'):.2f}, {rec['seconds']:.0f} s", flush=True)
 
 
+def repo_path(path: str | Path) -> str:
+    """A checkpoint's path as records name it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
+
+
 def cmd_real_agreement(args: argparse.Namespace) -> None:
     """How often the judge names the class the sampled LeNet names, on real test images: the agreement that samples
     as typical as real images would read. A judge that disagrees with the LeNet on real shirts caps what its
@@ -590,16 +596,21 @@ def cmd_real_agreement(args: argparse.Namespace) -> None:
         pix = test.images.float() / 255
         own = torch.cat([lenet(from_pixels(pix[i:i + 1000], info)).argmax(1) for i in range(0, len(pix), 1000)])
         jl = torch.cat([judge(from_pixels(pix[i:i + 1000], jinfo)).argmax(1) for i in range(0, len(pix), 1000)])
-    rec = {"benchmark": "real_agreement", "dataset": args.dataset, "lenet": str(args.lenet),
-           "judge": str(args.judge or f"runs/judge_{stem}"), "images": len(pix),
+    rec = {"benchmark": "real_agreement", "dataset": args.dataset, "lenet": repo_path(args.lenet),
+           "judge": repo_path(args.judge or REPO / "runs" / f"judge_{stem}"), "images": len(pix),
            "agreement": proportion(jl == own, own),  # grouped by the LeNet's class, as samples are by their node
-           "per_class": [float((jl[own == k] == k).float().mean()) for k in range(10)],
+           # None: a class the LeNet never names
+           "per_class": [float((jl[own == k] == k).float().mean()) if (own == k).any() else None for k in range(10)],
            "lenet_accuracy": float((own == test.labels).float().mean()),
            "judge_accuracy": float((jl == test.labels).float().mean()), **_meta(args, args.threads)}
     path = Path(args.out) if args.out else RESULTS / f"real_agreement_{stem}.json"
     path.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"{args.dataset}: the judge names the LeNet's class on {100 * rec['agreement']['p']:.1f}% of the "
-          f"{len(pix)} test images; per class " + " ".join(f"{100 * v:.0f}" for v in rec["per_class"]))
+          f"{len(pix)} test images; per class " + " ".join(_pct0(v) for v in rec["per_class"]))
+
+
+def _pct0(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
 
 
 def save_digit_grid(pix: torch.Tensor, chains: int, path: Path) -> None:
@@ -1121,11 +1132,13 @@ def cmd_report(args: argparse.Namespace) -> None:
             continue
         r0 = rows[0]
         acc = r0["judge"].get("accuracy") or {}
-        real = next((r for r in recs if r.get("benchmark") == "real_agreement" and r["dataset"] == dataset), None)
+        pair = (repo_path(r0["sampled"]["checkpoint"]), repo_path(r0["judge"]["checkpoint"]))
+        real = next((r for r in recs if r.get("benchmark") == "real_agreement" and r["dataset"] == dataset
+                     and (repo_path(r["lenet"]), repo_path(r["judge"])) == pair), None)  # the same two networks
         ceiling = "" if real is None else (
             f" On the {real['images']:,} real test images the judge names the LeNet's class {_ci(real['agreement'])}"
             " (`legibility.py real-agreement`): the agreement samples as typical as real images would read; per "
-            "class " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in enumerate(real["per_class"])) + ".")
+            "class " + ", ".join(f"{k} {_pct0(v)}" for k, v in enumerate(real["per_class"])) + ".")
         lines += [f"## {dataset}: class nodes logits:0-9 of a LeNet", "",
                   f"Sampled: `{r0['sampled']['model']}` (test error {_num(r0['sampled'].get('test_error'), '.4f')}). "
                   f"Judge: `{r0['judge']['model']}` trained here with reference noise added (clean accuracy "
@@ -1231,7 +1244,7 @@ def main(argv: list[str] | None = None) -> None:
     j.add_argument("--out", default=None)
     d = sub.add_parser("digits", help="LeNet class samples judged by the noise-robust judge")
     d.add_argument("--dataset", choices=list(DATASET_FILES), default="mnist")
-    d.add_argument("--lenet", default=None, help="default runs/lenet_dg25 (mnist), runs/lenet_fashion_dg25")
+    d.add_argument("--lenet", default=None, help="default runs/lenet_dg25 (mnist), runs/fashion_lenet/dg-s0")
     d.add_argument("--judge", default=None)
     d.add_argument("--settings", nargs="+", default=list(DIGIT_SETTINGS), choices=list(DIGIT_SETTINGS))
     d.add_argument("--chains", type=int, default=4)
@@ -1270,7 +1283,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="settings whose pictures the report shows")
     args = p.parse_args(argv)
     if args.cmd in ("digits", "real-agreement") and args.lenet is None:
-        args.lenet = str(REPO / "runs" / ("lenet_dg25" if args.dataset == "mnist" else "lenet_fashion_dg25"))
+        args.lenet = str(REPO / "runs" / ("lenet_dg25" if args.dataset == "mnist" else "fashion_lenet/dg-s0"))
     {"fit-references": cmd_fit_references, "train-judge": cmd_train_judge, "digits": cmd_digits,
      "real-agreement": cmd_real_agreement, "imagenet": cmd_imagenet, "report": cmd_report}[args.cmd](args)
 
