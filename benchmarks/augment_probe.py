@@ -17,11 +17,11 @@ Only the tuning classes are read here: a range chosen from this probe is then ru
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -106,18 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             ranks = L.judge_ranks(judge, jinfo, pix, torch.full((args.chains,), c)).tolist()
             torch.save((pix * 255).round().to(torch.uint8), cache / f"{args.model}_{name}_{c}.pt")
             run = {"ranks": ranks, "seconds": time.perf_counter() - t0}
-            with open(out.with_suffix(".lock"), "w") as lock:  # read-merge-write: other processes add classes too
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                rec = read(out)
-                rec["variants"] = {k: {"shift_px": round(v[0] * 224, 6), "zoom": list(v[1]), "degrees": v[2],
-                                   "views": VIEWS.get(k, 1)} for k, v in VARIANTS.items()}
-                rec["runs"][key] = run
-                meta = L._meta(args, args.threads)
-                said = rec.get("commands") or ([rec["command"]] if rec.get("command") else [])
-                rec.update(meta, commands=list(dict.fromkeys(said + [meta["command"]])))
-                tmp = out.with_suffix(".tmp")
-                tmp.write_text(json.dumps(rec, indent=1) + "\n")
-                tmp.replace(out)  # a reader never sees half a file
+            meta = L._meta(args, args.threads)
+            L.update_json(out, partial(with_run, key=key, run=run, meta=meta))  # other processes add classes too
             print(f"{name} class {c}: judge ranks {ranks}, {run['seconds']:.0f} s", flush=True)
     summarize(read(out), args.variants)
 
@@ -125,6 +115,15 @@ def main(argv: list[str] | None = None) -> None:
 def read(path: Path) -> dict:
     """The probe's record, or an empty one."""
     return json.loads(path.read_text()) if path.exists() else {"variants": {}, "runs": {}}
+
+
+def with_run(rec: dict | None, key: str, run: dict, meta: dict) -> dict:
+    """The record on disk with one class's run added, the variants' table and this command."""
+    rec = rec or {"variants": {}, "runs": {}}
+    rec["variants"] = {k: {"shift_px": round(v[0] * 224, 6), "zoom": list(v[1]), "degrees": v[2],
+                           "views": VIEWS.get(k, 1)} for k, v in VARIANTS.items()}
+    rec["runs"][key] = run
+    return {**rec, **meta, "commands": L.merged_commands(rec, meta["command"])}
 
 
 def summarize(rec: dict, variants: list[str], against: str = "wide") -> None:

@@ -24,6 +24,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -592,10 +593,13 @@ def cmd_real_agreement(args: argparse.Namespace) -> None:
     lenet, info, _ = load_checkpoint(args.lenet)
     judge, jinfo, _ = load_checkpoint(args.judge or REPO / "runs" / f"judge_{stem}")
     test = load_idx(args.dataset, _data_dir(args), train=False)
-    with torch.no_grad():
-        pix = test.images.float() / 255
-        own = torch.cat([lenet(from_pixels(pix[i:i + 1000], info)).argmax(1) for i in range(0, len(pix), 1000)])
-        jl = torch.cat([judge(from_pixels(pix[i:i + 1000], jinfo)).argmax(1) for i in range(0, len(pix), 1000)])
+    pix = test.images.float() / 255
+
+    def labels(model: nn.Module, minfo) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model(from_pixels(pix[i:i + 1000], minfo)).argmax(1) for i in range(0, len(pix), 1000)])
+
+    own, jl = labels(lenet, info), labels(judge, jinfo)
     rec = {"benchmark": "real_agreement", "dataset": args.dataset, "lenet": repo_path(args.lenet),
            "judge": repo_path(args.judge or REPO / "runs" / f"judge_{stem}"), "images": len(pix),
            "agreement": proportion(jl == own, own),  # grouped by the LeNet's class, as samples are by their node
@@ -891,26 +895,41 @@ def current_label(stored: dict) -> str:
     return Setting(**{k: v for k, v in setting_dict(stored).items() if k in names}).label()
 
 
-def save_record(path: Path, rec: dict, summarize: bool = False) -> None:
-    """Write a setting's record after merging the classes that other processes (``--classes`` splits of the same
-    setting, run side by side) wrote meanwhile; a lock file serialises the read-merge-write. ``summarize``: the
-    summary over every recorded class, computed after the merge."""
+def update_json(path: Path, update: Callable[[dict | None], dict]) -> dict:
+    """Read-modify-write a JSON record that other processes (run side by side) also write: a lock file serialises
+    them, and the new text replaces the old in one rename, so a reader never sees half a file. ``update`` gets the
+    record on disk (None if there is none) and returns what to write."""
     import fcntl
 
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            disk = json.loads(path.read_text())
-            if setting_dict(disk.get("setting")) == setting_dict(rec.get("setting")):
-                rec["classes"] = {**disk.get("classes", {}), **rec["classes"]}
-                said = disk.get("commands") or ([disk["command"]] if disk.get("command") else [])
-                rec["commands"] = list(dict.fromkeys(said + ([rec["command"]] if rec.get("command") else [])))
-        rec["classes"] = {c: rec["classes"][c] for c in sorted(rec["classes"], key=int)}
-        if summarize:
-            summarize_imagenet(rec, [int(c) for c in rec["classes"]])
+        rec = update(json.loads(path.read_text()) if path.exists() else None)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=1) + "\n")
         tmp.replace(path)
+    return rec
+
+
+def merged_commands(disk: dict, command: str | None) -> list[str]:
+    """Every command that wrote a record: those on disk (older records kept one ``command``), then this one."""
+    said = disk.get("commands") or ([disk["command"]] if disk.get("command") else [])
+    return list(dict.fromkeys(said + ([command] if command else [])))
+
+
+def save_record(path: Path, rec: dict, summarize: bool = False) -> None:
+    """Write a setting's record after merging the classes that other processes (``--classes`` splits of the same
+    setting, run side by side) wrote meanwhile (:func:`update_json`). ``summarize``: the summary over every
+    recorded class, computed after the merge."""
+    def merge(disk: dict | None) -> dict:
+        if disk is not None and setting_dict(disk.get("setting")) == setting_dict(rec.get("setting")):
+            rec["classes"] = {**disk.get("classes", {}), **rec["classes"]}
+            rec["commands"] = merged_commands(disk, rec.get("command"))
+        rec["classes"] = {c: rec["classes"][c] for c in sorted(rec["classes"], key=int)}
+        if summarize:
+            summarize_imagenet(rec, [int(c) for c in rec["classes"]])
+        return rec
+
+    update_json(path, merge)
 
 
 def summarize_imagenet(rec: dict, classes: list[int]) -> None:

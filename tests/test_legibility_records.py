@@ -156,3 +156,24 @@ def test_real_agreement_counts_the_judge_against_the_sampled_networks_labels(tmp
     assert one["per_class"][c] == 1.0
     assert all(v == 0.0 for k, v in enumerate(one["per_class"]) if k != c and v is not None)
     assert [v is None for v in one["per_class"]] == [not (own == k).any() for k in range(10)]
+
+
+def test_records_written_side_by_side_merge_their_classes_and_commands(tmp_path):
+    """Two ``--classes`` splits of one setting end in one record holding both classes, both commands and the summary
+    over both; a record of another setting replaces the file instead of merging into it."""
+    st = asdict(L.IMAGENET_SETTINGS["pink_s03_wide600_t001"])
+
+    def run(rank: int) -> dict:
+        return {"ranks": [rank, rank], "own_ranks": [0, 0], "seconds": 1.0, "cpu_seconds": 1.0}
+
+    path = tmp_path / "r.json"
+    L.save_record(path, {"setting": st, "classes": {"22": run(0)}, "command": "a"})
+    L.save_record(path, {"setting": st, "classes": {"1": run(9)}, "command": "b"}, summarize=True)
+    rec = json.loads(path.read_text())
+    assert list(rec["classes"]) == ["1", "22"] and rec["commands"] == ["a", "b"]
+    assert (rec["summary"]["top5"]["k"], rec["summary"]["top5"]["n"]) == (2, 4)
+    other = {**st, "temperature": 0.02}
+    L.save_record(path, {"setting": other, "classes": {"7": run(0)}, "command": "c"})
+    rec = json.loads(path.read_text())
+    assert list(rec["classes"]) == ["7"] and "commands" not in rec
+    assert not path.with_suffix(".tmp").exists()
