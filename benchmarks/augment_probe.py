@@ -9,7 +9,10 @@ Only the tuning classes are read here: a range chosen from this probe is then ru
 
     GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants lucent strong wide
     GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants wider zoomout wide_x4  # eighth session
-    # -> docs/results/legibility/pilots/augment_probe_squeezenet1_1.json (one entry per variant and class;
+    GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants wide_1f  # ninth session: 1/f reference
+    GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --model mobilenetv2_100 --variants wide wide_1f \
+        --classes 1 130 417 949 22 207 555 779 920 967
+    # -> docs/results/legibility/pilots/augment_probe_<model>.json (one entry per variant and class;
     #    resumes; processes on other variants or classes may run side by side: each re-reads the file before
     #    adding its class)
 """
@@ -43,9 +46,13 @@ VARIANTS = {
     "wider": (48 / 224, (0.45, 1.20), 25.0),
     "zoomout": (32 / 224, (0.40, 1.00), 20.0),  # only smaller copies: the whole object must fit in the frame
     "wide_x4": WARM_TRANSFORMS["wide"],  # the wide range, each step averaging 4 transforms of every image
+    # ninth session: the wide range from a reference with the textbook 1/f amplitude (alpha 1, lucent's decay)
+    # instead of the photos' steeper fitted slope (alpha 1.42): does fine detail help (MobileNetV2's washes)?
+    "wide_1f": WARM_TRANSFORMS["wide"],
 }
 PILOTS = L.RESULTS / "pilots"  # not records: the report reads only the folder above
 VIEWS = {"wide_x4": 4}  # transforms averaged per step (1 if not named): MACO's several crops per step, 4 x the work
+OVERRIDES = {"wide_1f": {"reference": "pink:imagenet_1f"}}  # fields of the setting changed (legibility.Setting)
 
 
 class ViewAveraged(torch.nn.Module):
@@ -61,10 +68,10 @@ class ViewAveraged(torch.nn.Module):
 
 
 def warm(model: torch.nn.Module, info, c: int, shift: float, zoom: tuple[float, float], degrees: float, chains: int,
-         seed: int, views: int = 1) -> torch.Tensor:
-    """The benchmark's warm start (legibility.draw) with other transform ranges (and ``views`` transforms averaged
-    per step); returns pixel images."""
-    st = replace(L.IMAGENET_SETTINGS["pink_s03_aug600_t001"], chains=chains)
+         seed: int, views: int = 1, overrides: dict | None = None) -> torch.Tensor:
+    """The benchmark's warm start (legibility.draw) with other transform ranges (``views`` transforms averaged
+    per step; ``overrides`` of the setting's fields); returns pixel images."""
+    st = replace(L.IMAGENET_SETTINGS["pink_s03_aug600_t001"], chains=chains, **(overrides or {}))
     cfg = L.score_config(st, seed)
     ref = make_reference(st.reference, info, sigma=st.sigma)
     fn = RandomAffineScore(warm_view(node_score(model, info, [f"logits:{c}"]), info, cfg),
@@ -102,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
             if key in read(out)["runs"]:
                 continue
             t0 = time.perf_counter()
-            pix = warm(model, info, c, shift, zoom, degrees, args.chains, args.seed + c, VIEWS.get(name, 1))
+            pix = warm(model, info, c, shift, zoom, degrees, args.chains, args.seed + c, VIEWS.get(name, 1),
+                       OVERRIDES.get(name))
             ranks = L.judge_ranks(judge, jinfo, pix, torch.full((args.chains,), c)).tolist()
             torch.save((pix * 255).round().to(torch.uint8), cache / f"{args.model}_{name}_{c}.pt")
             run = {"ranks": ranks, "seconds": time.perf_counter() - t0}
@@ -121,7 +129,7 @@ def with_run(rec: dict | None, key: str, run: dict, meta: dict) -> dict:
     """The record on disk with one class's run added, the variants' table and this command."""
     rec = rec or {"variants": {}, "runs": {}}
     rec["variants"] = {k: {"shift_px": round(v[0] * 224, 6), "zoom": list(v[1]), "degrees": v[2],
-                           "views": VIEWS.get(k, 1)} for k, v in VARIANTS.items()}
+                           "views": VIEWS.get(k, 1), "setting": OVERRIDES.get(k, {})} for k, v in VARIANTS.items()}
     rec["runs"][key] = run
     return {**rec, **meta, "commands": L.merged_commands(rec, meta["command"])}
 

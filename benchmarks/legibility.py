@@ -696,6 +696,11 @@ IMAGENET_SETTINGS = {s.name: s for s in [
     Setting("pink_s03_wide600_t001", reference="pink", sigma=0.3, temperature=0.01, clip=True, jitter=JITTER,
             step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600,
             warm_augment="wide"),
+    # ninth session: the same from the 1/f reference (zoo_configs/references/imagenet_1f.yaml: the photos' mean and
+    # colour, amplitude ~ 1/f by choice instead of their fitted 1/f^1.42): more variance in fine detail
+    Setting("pink1f_s03_wide600_t001", reference="pink:imagenet_1f", sigma=0.3, temperature=0.01, clip=True,
+            jitter=JITTER, step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600,
+            warm_augment="wide"),
     Setting("ascent", method="ascent", reference="white", step_size=0.02, iters=600,
             note="pixels from white noise, RMS-normalised steps of 0.02"),
     Setting("lucent", method="lucent", iters=512, chains=1,
@@ -1065,7 +1070,7 @@ def paired_difference(a: dict, b: dict, n_boot: int = 4000, seed: int = 0) -> di
 
 # the benchmark setting each shipped digit preset is (zoo_configs/hmc/mnist_legible.yaml, fashion_mnist_legible.yaml)
 DIGIT_PRESET_SETTING = {"mnist": "pca_t06_pt4_1k", "fashion-mnist": "pca_t08_3k"}
-IMAGENET_PRESET_SETTING = "pink_s03_wide600_t001"  # what zoo_configs/hmc/imagenet_legible.yaml runs
+IMAGENET_PRESET_SETTING = "pink1f_s03_wide600_t001"  # what zoo_configs/hmc/imagenet_legible.yaml runs
 
 
 def digit_paired_lines(dataset: str, rows: list[dict]) -> list[str]:

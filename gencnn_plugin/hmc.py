@@ -57,7 +57,8 @@ class HMCConfig:
     reference: str = setting("white", "the reference q: white (the paper's N(0, sigma^2 I)), pink, spectral, lowres "
                                       "or pca (fitted to data), KIND:DATA to name the data file "
                                       "(zoo_configs/references)", metavar="KIND[:DATA]",
-                             suggest=("white", "pink", "lowres", "pca", "pink:fashion_mnist", "pca:fashion_mnist"))
+                             suggest=("white", "pink", "lowres", "pca", "pink:imagenet_1f", "pink:fashion_mnist",
+                                      "pca:fashion_mnist"))
     temperature: float = setting(1.0, "T of p ~ exp(f_y(x) / T) q(x): 1 is the paper's model; T < 1 sharpens the "
                                       "tilt (T -> 0: activation maximisation under the Gaussian prior)", gt=0, le=1e6)
     precision: str = setting("fp32", "the score's precision (energies stay float32): fp32 (TF32 off), tf32, bf16, "

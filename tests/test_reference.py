@@ -241,3 +241,16 @@ def create_model_info_lenet() -> ModelInfo:
     from gencnn_plugin import create_model
 
     return create_model("lenet")[1]
+
+
+def test_the_1f_reference_is_the_photos_with_a_1_over_f_amplitude():
+    photos, one_f = load_reference_data("imagenet_photos"), load_reference_data("imagenet_1f")
+    assert one_f["mean"] == photos["mean"] and one_f["colour_cov"] == photos["colour_cov"]
+    assert one_f["spectrum"]["alpha"] == 1.0 < photos["spectrum"]["alpha"]
+    info = ModelInfo("tv:squeezenet1_1", 10, 3, (3, 64, 64), RGB.mean, RGB.std)
+    a, b = make_reference("pink:imagenet_1f", info), make_reference("pink", info)
+    # the rfft2 filter along the first row: amplitude ~ f^-alpha, so doubling f halves it (alpha 1)
+    amp = a.amplitude[0]
+    assert torch.allclose(amp[4] / amp[8], torch.tensor(2.0), rtol=1e-5)
+    assert float(b.amplitude[0][4] / b.amplitude[0][8]) == pytest.approx(2 ** photos["spectrum"]["alpha"], rel=1e-5)
+    assert torch.equal(a.mu, b.mu) and torch.equal(a.colour, b.colour)
