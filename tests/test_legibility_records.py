@@ -27,6 +27,11 @@ def test_heldout_classes_are_a_fixed_draw_outside_the_tuning_classes():
     assert len(held) == len(set(held)) == 20 and all(0 <= c < 1000 for c in held)
     assert not set(held) & set(L.IMAGENET_CLASSES)
     assert L.heldout_classes(seed=15) != held
+    second = L.HELDOUT2_CLASSES
+    assert second == [19, 33, 49, 179, 229, 232, 273, 451, 485, 590, 683, 740, 815, 818, 846, 870, 885, 923, 924,
+                      975]  # the recorded second draw (chickadee ... lakeside)
+    assert len(set(second)) == 20 and not set(second) & (set(held) | set(L.IMAGENET_CLASSES))
+    assert list(L.CLASS_SETS) == list(L.CLASS_SET_WORDS) == ["tuning", "heldout", "heldout2"]
 
 
 def test_a_record_written_before_the_jitter_field_changed_still_matches():
@@ -47,6 +52,7 @@ def test_a_record_written_before_the_jitter_field_changed_still_matches():
     assert {**L.setting_dict({**aug, "warm_augment": True}), "warm_augment": "wide"} == wide
     assert L.setting_dict({**aug, "warm_augment": True}) != wide
     assert L.record_key("x", "heldout") == "x_heldout" and L.record_key("x", "tuning") == L.record_key("x", None) == "x"
+    assert L.record_key("x", "heldout2") == "x_heldout2"
 
 
 RECORDS = sorted(p for p in (Path(__file__).resolve().parent.parent / "docs" / "results" / "legibility").glob("*.json")
@@ -67,9 +73,8 @@ def test_every_committed_record_is_a_setting_of_todays_code(path):
         today.pop(k), stored.pop(k)
     assert stored == today
     if rec["benchmark"] == "imagenet":
-        want = L.HELDOUT_CLASSES if rec.get("class_set") == "heldout" else L.IMAGENET_CLASSES
-        assert {int(c) for c in rec["classes"]} <= set(want)
-        assert path.stem.endswith("_heldout") == (rec.get("class_set") == "heldout")
+        assert {int(c) for c in rec["classes"]} <= set(L.CLASS_SETS[rec.get("class_set", "tuning")])
+        assert path.stem == f"imagenet_{rec['model']}_{L.record_key(stored['name'], rec.get('class_set'))}"
 
 
 def test_the_benchmark_samples_the_librarys_view_of_the_node():
@@ -182,3 +187,53 @@ def test_records_written_side_by_side_merge_their_classes_and_commands(tmp_path)
     rec = json.loads(path.read_text())
     assert list(rec["classes"]) == ["7"] and "commands" not in rec
     assert not path.with_suffix(".tmp").exists()
+
+
+def test_pooled_lines_pool_every_class_set_of_a_setting_and_the_held_out_sets_alone():
+    st = asdict(L.IMAGENET_SETTINGS["pink1f_s03_wide600_t001"])
+    other = asdict(L.IMAGENET_SETTINGS["paper"])
+
+    def rec(class_set: str, hits: int, setting: dict = st) -> dict:  # 2 classes of the set, 2 chains each
+        cs = L.CLASS_SETS[class_set][:2]
+        ranks = [0] * hits + [9] * (4 - hits)
+        return {"model": "m", "setting": setting, "class_set": class_set,
+                "classes": {str(c): {"ranks": ranks[2 * i:2 * i + 2]} for i, c in enumerate(cs)}}
+
+    rows = [rec("tuning", 4), rec("heldout", 2), rec("heldout2", 0),
+            rec("heldout", 4, other), rec("heldout2", 2, other)]
+    lines = [x for x in L.pooled_lines(rows) if x]
+    assert len(lines) == 3  # paper: its held-out sets are all it ran, so one line; the preset: all, and held-out alone
+    assert "`paper` over the held-out and second held-out classes together (4 classes): top-5 75.0%" in lines[0]
+    assert "tuning, held-out and second held-out classes together (6 classes): top-5 50.0%" in lines[1]
+    assert "`pink1f_s03_wide600_t001` over the held-out and second held-out classes together (4 classes): top-5 25.0%" \
+        in lines[2]
+    two = [x for x in L.pooled_lines(rows[:2]) if x]  # one held-out set: no held-out-only line
+    assert len(two) == 1 and "tuning and held-out classes together (4 classes): top-5 75.0%" in two[0]
+    assert not L.pooled_lines(rows[3:4])  # one class set: nothing to pool
+
+
+def test_pooled_paired_lines_pair_the_preset_over_every_class_set_both_ran():
+    preset = asdict(L.IMAGENET_SETTINGS[L.IMAGENET_PRESET_SETTING])
+    paper, lucent = asdict(L.IMAGENET_SETTINGS["paper"]), asdict(L.IMAGENET_SETTINGS["lucent"])
+
+    def rec(class_set: str, ranks: list[int], setting: dict) -> dict:  # 5 classes of the set, 1 chain each
+        return {"model": "m", "setting": setting, "class_set": class_set,
+                "classes": {str(c): {"ranks": [r]} for c, r in zip(L.CLASS_SETS[class_set][:5], ranks)}}
+
+    rows = [rec("tuning", [0, 0, 9, 9, 9], preset), rec("heldout", [0] * 5, preset),
+            rec("tuning", [9] * 5, paper), rec("heldout", [0, 9, 0, 9, 9], paper), rec("heldout", [9] * 5, lucent)]
+    lines = L.pooled_paired_lines(rows)
+    row = next(x for x in lines if x.startswith("| `paper`"))
+    assert "| 10 | +50.0 (" in row  # (2 - 0 + 5 - 2) / 10 classes
+    assert not any(x.startswith("| `lucent`") for x in lines)  # 5 classes in common, all of one set
+    assert not any(x.startswith("| its own warm starts") for x in lines)  # no warm starts recorded
+    for r in rows[:2]:
+        for v in r["classes"].values():
+            v["warm_ranks"] = [9]
+    warm = next(x for x in L.pooled_paired_lines(rows) if x.startswith("| its own warm starts"))
+    assert "| 10 | +70.0 (" in warm  # 7 of 10 classes read after HMC, none before
+    for v in rows[0]["classes"].values():
+        del v["warm_ranks"]
+    lines = L.pooled_paired_lines(rows)  # warm starts on one class set only: the per-set figures say it
+    assert any(x.startswith("| `paper`") for x in lines) and not any(x.startswith("| its own warm") for x in lines)
+    assert not L.pooled_paired_lines(rows[:1] + rows[2:3])  # one class set in common: the per-set table says it
