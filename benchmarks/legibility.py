@@ -707,11 +707,6 @@ IMAGENET_SETTINGS = {s.name: s for s in [
     Setting("pink1f_s03_wide600_t001", reference="pink:imagenet_1f", sigma=0.3, temperature=0.01, clip=True,
             jitter=JITTER, step_size=0.003, leapfrog_steps=10, mass=1.0, iters=40, adapt_steps=20, warm_opt=600,
             warm_augment="wide"),
-    # eleventh session (exploratory): the same run 4x as long, to see whether f_y's split R-hat falls with more
-    # draws or the chains keep climbing, and what the climb does to what the judge reads
-    Setting("pink1f_s03_wide600_t001_i160", reference="pink:imagenet_1f", sigma=0.3, temperature=0.01, clip=True,
-            jitter=JITTER, step_size=0.003, leapfrog_steps=10, mass=1.0, iters=160, adapt_steps=20, warm_opt=600,
-            warm_augment="wide"),
     Setting("ascent", method="ascent", reference="white", step_size=0.02, iters=600,
             note="pixels from white noise, RMS-normalised steps of 0.02"),
     Setting("lucent", method="lucent", iters=512, chains=1,
@@ -719,6 +714,12 @@ IMAGENET_SETTINGS = {s.name: s for s in [
     Setting("maco", method="maco", iters=128, chains=1,
             note="horama 0.3.0 maco(): 512-px buffer, 6 crops/step, NAdam 1.0, 128 steps; spectrum fitted here"),
 ]}
+
+
+# eleventh session (exploratory): the 1/f setting run 4x as long, to see whether f_y's split R-hat falls with more
+# draws or the chains keep climbing, and what the climb does to what the judge reads
+IMAGENET_SETTINGS["pink1f_s03_wide600_t001_i160"] = replace(IMAGENET_SETTINGS["pink1f_s03_wide600_t001"],
+                                                            name="pink1f_s03_wide600_t001_i160", iters=160)
 
 
 def load_imagenet(name: str, weights_dir: Path):
@@ -1132,10 +1133,9 @@ def pooled_lines(rows: list[dict]) -> list[str]:
         held = [h for h in same if h.get("class_set", "tuning") != "tuning"]
         for recs in (same, held) if 2 <= len(held) < len(same) else (same,):
             ranks, groups = [], []
-            for rec in recs:
-                for c, v in rec["classes"].items():
-                    ranks += v["ranks"]
-                    groups += [int(c)] * len(v["ranks"])
+            for c, v in _merged(recs)["classes"].items():
+                ranks += v["ranks"]
+                groups += [int(c)] * len(v["ranks"])
             pooled = proportion(torch.tensor(ranks) < 5, torch.tensor(groups))
             words = [CLASS_SET_WORDS[h.get("class_set", "tuning")] or "tuning" for h in recs]
             sets = ", ".join(words[:-1]) + " and " + words[-1]
@@ -1149,9 +1149,9 @@ def pooled_paired_lines(rows: list[dict]) -> list[str]:
     """The shipped preset's setting minus each other setting over every class both ran, across class sets (the
     per-set tables below split the same comparison), and minus its own warm starts (what the HMC iterations add or
     take away); only where the classes compared span two class sets or more."""
-    out = []
+    out, groups = [], setting_groups(rows)
     for model in sorted({r["model"] for r in rows}):
-        mine = [_merged(g) | {"name": g[0]["setting"]["name"]} for g in setting_groups(rows) if g[0]["model"] == model]
+        mine = [_merged(g) | {"name": g[0]["setting"]["name"]} for g in groups if g[0]["model"] == model]
         base = max((m for m in mine if m["name"] == IMAGENET_PRESET_SETTING), key=lambda m: len(m["classes"]),
                    default=None)
         if base is None:
