@@ -12,6 +12,10 @@ Only the tuning classes are read here: a range chosen from this probe is then ru
     GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants wide_1f  # ninth session: 1/f reference
     GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --model mobilenetv2_100 --variants wide wide_1f \
         --classes 1 130 417 949 22 207 555 779 920 967
+    GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --model mobilenetv2_100 \
+        --variants wide_1f_t0002 wide_1f_t00005 --classes 1 130 417 949 22 207 555 779 920 967  # twelfth session
+    GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants wide_1f_lsm \
+        --classes 1 130 417 949 22 207 555 779 920 967  # twelfth session: the bounded score log p(y|x)
     # -> docs/results/legibility/pilots/augment_probe_<model>.json (one entry per variant and class;
     #    resumes; processes on other variants or classes may run side by side: each re-reads the file before
     #    adding its class)
@@ -49,10 +53,20 @@ VARIANTS = {
     # ninth session: the wide range from a reference with the textbook 1/f amplitude (alpha 1, lucent's decay)
     # instead of the photos' steeper fitted slope (alpha 1.42): does fine detail help (MobileNetV2's washes)?
     "wide_1f": WARM_TRANSFORMS["wide"],
+    # twelfth session: colder warm starts for MobileNetV2, whose saturating logits leave the prior's pull towards the
+    # mean image in charge at T 0.01 (U = -f / T + |z|^2 / 2: z settles near grad f / T); and the bounded score
+    "wide_1f_t0002": WARM_TRANSFORMS["wide"],
+    "wide_1f_t00005": WARM_TRANSFORMS["wide"],
+    "wide_1f_lsm": WARM_TRANSFORMS["wide"],
 }
 PILOTS = L.RESULTS / "pilots"  # not records: the report reads only the folder above
 VIEWS = {"wide_x4": 4}  # transforms averaged per step (1 if not named): MACO's several crops per step, 4 x the work
-OVERRIDES = {"wide_1f": {"reference": "pink:imagenet_1f"}}  # fields of the setting changed (legibility.Setting)
+OVERRIDES = {  # fields of the setting changed (legibility.Setting)
+    "wide_1f": {"reference": "pink:imagenet_1f"},
+    "wide_1f_t0002": {"reference": "pink:imagenet_1f", "temperature": 0.002},
+    "wide_1f_t00005": {"reference": "pink:imagenet_1f", "temperature": 0.0005},
+    "wide_1f_lsm": {"reference": "pink:imagenet_1f", "score": "log_softmax"},
+}
 
 
 class ViewAveraged(torch.nn.Module):

@@ -61,6 +61,10 @@ class HMCConfig:
                                       "pca:fashion_mnist"))
     temperature: float = setting(1.0, "T of p ~ exp(f_y(x) / T) q(x): 1 is the paper's model; T < 1 sharpens the "
                                       "tilt (T -> 0: activation maximisation under the Gaussian prior)", gt=0, le=1e6)
+    score: str = setting("logit", "what an output node scores: logit (the paper's f_y) or log_softmax (log p(y|x), "
+                                  "bounded above by 0: the chains stop gaining once the class wins, and at T = 1 "
+                                  "p(y|x) q(x) is Bayes' p(x|y) for q the images' distribution); output nodes only",
+                         choices=("logit", "log_softmax"), label="class score")
     precision: str = setting("fp32", "the score's precision (energies stay float32): fp32 (TF32 off), tf32, bf16, "
                                      "fp16", choices=PRECISIONS)
     # what the node's score sees (applied by visualize.sample_node: `gencnn sample`, the app); each is deterministic,

@@ -212,9 +212,13 @@ class NodeScore(nn.Module):
     so chains of different classes share every forward/backward pass.
     """
 
-    def __init__(self, trunk: nn.Module, nodes: list[Node], out_shape: tuple[int, ...]) -> None:
+    def __init__(self, trunk: nn.Module, nodes: list[Node], out_shape: tuple[int, ...], log_softmax: bool = False
+                 ) -> None:
         super().__init__()
         self.trunk, self.nodes, self.out_shape = trunk, nodes, out_shape
+        if log_softmax and (nodes[0].layer != LOGITS or len(out_shape) != 1):
+            raise NodeError(f"the log_softmax score needs output nodes (logits:K or a class name), not {nodes[0]}")
+        self.log_softmax = log_softmax
         self.register_buffer("index", torch.tensor([n.index for n in nodes]), persistent=False)
         first = nodes[0]
         self.reduce, self.position = first.reduce, first.position
@@ -225,6 +229,13 @@ class NodeScore(nn.Module):
     def node(self) -> Node:
         return self.nodes[0]
 
+    def log_probability(self) -> NodeScore:
+        """The same nodes scored by log p(y|x) = log_softmax(logits)_y instead of the logit f_y: bounded above by 0,
+        and with T = 1 the tilted model p(y|x) q(x) is Bayes' rule's p(x|y) when q is the images' distribution."""
+        score = NodeScore(self.trunk, self.nodes, self.out_shape, log_softmax=True)
+        score.training = self.training  # this module's flag only: .train() would reach the shared network
+        return score
+
     def chain_index(self, batch: int) -> torch.Tensor:
         """The node index of each chain: node k for chains [k * batch / len(nodes), (k+1) * batch / len(nodes))."""
         if batch % len(self.nodes):
@@ -233,6 +244,8 @@ class NodeScore(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.trunk(x)
+        if self.log_softmax:
+            out = out.float().log_softmax(1)
         b = out.shape[0]
         idx = self.chain_index(b) if len(self.nodes) > 1 else self.index.expand(b)
         rows = torch.arange(b, device=out.device)
@@ -248,7 +261,8 @@ class NodeScore(nn.Module):
         return out.flatten(1)[rows, idx]
 
     def extra_repr(self) -> str:
-        return f"nodes={[str(n) for n in self.nodes]}, out_shape={self.out_shape}"
+        return f"nodes={[str(n) for n in self.nodes]}, out_shape={self.out_shape}" + \
+            (", log_softmax" if self.log_softmax else "")
 
 
 class _StopForward(Exception):
@@ -334,7 +348,7 @@ def node_score(model: nn.Module, info: ModelInfo, node: str | Node | list[str | 
     for n in nodes:
         check_node(n, li)
     if layer == LOGITS:
-        return NodeScore(model, nodes, li.shape)
+        return NodeScore(model, nodes, li.shape).eval()
     modules = dict(model.named_modules())
     base, call = layer, 0
     m = re.fullmatch(r"(.+)_(\d+)", layer)

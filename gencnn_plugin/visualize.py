@@ -239,7 +239,14 @@ def _pooled_swap_rate(parts: list[tuple[int, torch.Tensor | None]]) -> torch.Ten
 
 def score_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module:
     """The function HMC samples: the node's score, averaged over ``config.jitter``'s 4 fixed translations and/or of
-    the clipped pixels (``config.clip``); the score itself when both are off."""
+    the clipped pixels (``config.clip``), of log p(y|x) instead of the logit (``config.score``); the score itself when
+    all are off."""
+    if config.score == "log_softmax":
+        if not isinstance(score, NodeScore):
+            raise ValueError("score: log_softmax needs a node score (gencnn_plugin.nodes.node_score)")
+        score = score.log_probability()
+    elif getattr(score, "log_softmax", False):  # a prepared score must be what the config (caption, .npz) says
+        raise ValueError("score: this node score is log p(y|x), but the settings say logit")
     if config.jitter:
         j = config.jitter
         if j >= min(info.input_size[1:]):
@@ -468,7 +475,8 @@ def caption(run: SampleRun, show: str = "sample") -> str:
     flag = "" if r <= RHAT_OK else " - NOT CONVERGED (R-hat > 1.05)"
     named = s.get("reference", c.reference)
     q = f"N(0, {c.sigma:g}^2 I)" if c.reference == "white" else f"{named} (sigma {c.sigma:g})"
-    view = (f", f averaged over 4 shifts of {c.jitter} px" if c.jitter else "") + (", clipped pixels" if c.clip else "")
+    view = (", f = log p(y|x)" if c.score == "log_softmax" else "") + \
+        (f", f averaged over 4 shifts of {c.jitter} px" if c.jitter else "") + (", clipped pixels" if c.clip else "")
     moves = f" ({c.warm_augment} random transforms)" if c.warm_augment != "off" else ""
     view += f", {c.warm_start} warm-start steps{moves}" if c.warm_start else ""
     view += f", {c.replicas} replicas up to T = {c.hot_temperature:g}" if c.replicas > 1 else ""

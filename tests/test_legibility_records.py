@@ -31,7 +31,11 @@ def test_heldout_classes_are_a_fixed_draw_outside_the_tuning_classes():
     assert second == [19, 33, 49, 179, 229, 232, 273, 451, 485, 590, 683, 740, 815, 818, 846, 870, 885, 923, 924,
                       975]  # the recorded second draw (chickadee ... lakeside)
     assert len(set(second)) == 20 and not set(second) & (set(held) | set(L.IMAGENET_CLASSES))
-    assert list(L.CLASS_SETS) == list(L.CLASS_SET_WORDS) == ["tuning", "heldout", "heldout2"]
+    third = L.HELDOUT3_CLASSES
+    assert third == [71, 85, 129, 136, 156, 161, 270, 360, 369, 393, 411, 514, 587, 594, 597, 713, 803, 881, 900,
+                     996]  # the recorded third draw (scorpion ... hen-of-the-woods)
+    assert len(set(third)) == 20 and not set(third) & (set(second) | set(held) | set(L.IMAGENET_CLASSES))
+    assert list(L.CLASS_SETS) == list(L.CLASS_SET_WORDS) == ["tuning", "heldout", "heldout2", "heldout3"]
 
 
 def test_a_record_written_before_the_jitter_field_changed_still_matches():

@@ -98,6 +98,17 @@ def test_several_nodes_share_the_batch():
         node_score(model, info, ["logits:1", "conv1:0"])
 
 
+def test_log_probability_scores_log_softmax_of_each_chains_class():
+    model, info = create_model("lenet")
+    score = node_score(model, info, ["logits:1", "logits:4", "logits:7"])
+    x = torch.randn(6, 1, 28, 28)
+    expected = model.eval()(x).log_softmax(1)[torch.arange(6), torch.tensor([1, 1, 4, 4, 7, 7])]
+    torch.testing.assert_close(score.log_probability()(x), expected)
+    assert (score.log_probability()(x) <= 0).all() and not score.log_softmax  # the logit score is left as it was
+    with pytest.raises(NodeError, match="output nodes"):
+        node_score(model, info, "conv2:3").log_probability()
+
+
 @pytest.mark.parametrize("node,match", [
     ("layer1.0.rel:3", "close names: layer1.0.relu"),
     ("conv1:64", r"conv1 has 64 channels \(0-63\)"),

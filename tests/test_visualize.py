@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from gencnn_plugin import create_model, save_checkpoint
 from gencnn_plugin.cli import main
 from gencnn_plugin.config import ConfigError
 from gencnn_plugin.hmc import HMCConfig
+from gencnn_plugin.settings import SettingsError
 from gencnn_plugin.visualize import caption, display_pixels, load_preset, sample_node, save_grid, save_npz
 
 
@@ -230,6 +232,40 @@ def test_jitter_clip_and_warm_start_sample_the_stated_node():
         score_view(score, info, HMCConfig(jitter=28))
 
 
+def test_log_softmax_score_is_sampled_and_warm_started():
+    """score log_softmax: HMC and the warm start both see log p(y|x) of the clipped, jittered image, and a run says
+    so; a channel node has no softmax, so asking for one is an error, not a silent logit."""
+    from gencnn_plugin.nodes import NodeError, node_score
+    from gencnn_plugin.visualize import score_view, warm_view
+
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    score = node_score(model, info, "logits:3")
+    cfg = HMCConfig(jitter=2, clip=True, score="log_softmax", warm_start=5)
+    x = torch.randn(3, 1, 28, 28)
+    expected = score_view(score.log_probability(), info, cfg)(x)  # a prepared log p(y|x) score, wrapped as asked
+    torch.testing.assert_close(score_view(score, info, cfg)(x), expected)
+    torch.testing.assert_close(warm_view(score, info, cfg)(x), expected)
+    assert (expected <= 0).all() and not torch.allclose(expected, score_view(score, info, HMCConfig(jitter=2,
+                                                                                                     clip=True))(x))
+    run = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=3, leapfrog_steps=2, step_size=1e-3,
+                                                          mass=1.0, score="log_softmax"))
+    assert (run.result.trace["score"] <= 0).all() and "f = log p(y|x)" in caption(run)
+    with pytest.raises(NodeError, match="output nodes"):
+        sample_node(model, info, "conv2:3", HMCConfig(chains=1, iters=1, score="log_softmax"))
+    with pytest.raises(ValueError, match="settings say logit"):
+        score_view(score.log_probability(), info, HMCConfig())
+    noisy, ninfo = create_model("lenet", batch_norm=True, drop_rate=0.5)  # dropout and batch statistics: the
+    nscore = node_score(noisy, ninfo, "logits:3")  # score must stay in eval mode, the shared network untouched
+    for view in (score_view(nscore, ninfo, cfg), warm_view(nscore, ninfo, replace(cfg, warm_augment="wide"))):
+        torch.testing.assert_close(view(x), view(x))
+    sample_node(noisy, ninfo, "logits:3", HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-3, mass=1.0,
+                                                    score="log_softmax", warm_start=2))
+    assert not noisy.training and not any(m.training for m in noisy.modules())
+    with pytest.raises(SettingsError, match="score"):
+        HMCConfig(score="softmax")
+
+
 def test_warm_start_minimises_the_samplers_potential():
     """With a linear score f(x) = <w, x> and q = N(0, s^2 I), U(z) = -<w, s z> / T + |z|^2 / 2 has its minimum at
     z* = s w / T: the warm start must land there (an objective without -f / T, or with the wrong T or s, does not)."""
@@ -311,7 +347,7 @@ def test_warm_transforms_are_named_ranges_and_old_booleans_still_load():
     """warm_augment names a range of WARM_TRANSFORMS; a preset or config written when it was on/off still loads
     (on was the standard range), on the command line too; wide draws larger moves than standard."""
     from gencnn_plugin.reference import WARM_TRANSFORMS, RandomAffineScore
-    from gencnn_plugin.settings import SettingsError, add_flags, from_mapping, given
+    from gencnn_plugin.settings import add_flags, from_mapping, given
 
     assert HMCConfig().warm_augment == "off"
     assert HMCConfig(warm_augment=True).warm_augment == "standard"
