@@ -53,8 +53,8 @@ VARIANTS = {
     # ninth session: the wide range from a reference with the textbook 1/f amplitude (alpha 1, lucent's decay)
     # instead of the photos' steeper fitted slope (alpha 1.42): does fine detail help (MobileNetV2's washes)?
     "wide_1f": WARM_TRANSFORMS["wide"],
-    # twelfth session: colder warm starts for MobileNetV2, whose saturating logits leave the prior's pull towards the
-    # mean image in charge at T 0.01 (U = -f / T + |z|^2 / 2: z settles near grad f / T); and the bounded score
+    # twelfth session: colder warm starts for MobileNetV2, whose logits span less (hypothesis: at T 0.01 the prior's
+    # pull towards the mean image wins, U = -f / T + |z|^2 / 2 settling near z = grad f / T); and the bounded score
     "wide_1f_t0002": WARM_TRANSFORMS["wide"],
     "wide_1f_t00005": WARM_TRANSFORMS["wide"],
     "wide_1f_lsm": WARM_TRANSFORMS["wide"],

@@ -728,9 +728,10 @@ IMAGENET_SETTINGS["pink1f_s03_wide600_t001_i160"] = replace(IMAGENET_SETTINGS["p
                                                             name="pink1f_s03_wide600_t001_i160", iters=160)
 
 
-# twelfth session: the 1/f setting colder, for MobileNetV2, whose samples wash out at T 0.01 (its logits span less, and
-# the prior's pull towards the mean image wins); T 0.002 was chosen over 0.0005 on 10 tuning classes' warm starts
-# (benchmarks/augment_probe.py, variants wide_1f_t0002 / wide_1f_t00005), then run in full on the third draw
+# twelfth session: the 1/f setting colder, for MobileNetV2, whose samples wash out at T 0.01 (its logits span less;
+# our hypothesis: the prior's pull towards the mean image wins); T 0.002 was chosen over 0.0005 on 10 tuning classes'
+# warm starts (benchmarks/augment_probe.py, variants wide_1f_t0002 / wide_1f_t00005), then run in full on the third
+# draw
 IMAGENET_SETTINGS["pink1f_s03_wide600_t0002"] = replace(IMAGENET_SETTINGS["pink1f_s03_wide600_t001"],
                                                         name="pink1f_s03_wide600_t0002", temperature=0.002)
 

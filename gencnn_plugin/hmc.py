@@ -61,10 +61,6 @@ class HMCConfig:
                                       "pca:fashion_mnist"))
     temperature: float = setting(1.0, "T of p ~ exp(f_y(x) / T) q(x): 1 is the paper's model; T < 1 sharpens the "
                                       "tilt (T -> 0: activation maximisation under the Gaussian prior)", gt=0, le=1e6)
-    score: str = setting("logit", "what an output node scores: logit (the paper's f_y) or log_softmax (log p(y|x), "
-                                  "bounded above by 0: the chains stop gaining once the class wins, and at T = 1 "
-                                  "p(y|x) q(x) is Bayes' p(x|y) for q the images' distribution); output nodes only",
-                         choices=("logit", "log_softmax"), label="class score")
     precision: str = setting("fp32", "the score's precision (energies stay float32): fp32 (TF32 off), tf32, bf16, "
                                      "fp16", choices=PRECISIONS)
     # what the node's score sees (applied by visualize.sample_node: `gencnn sample`, the app); each is deterministic,
@@ -74,6 +70,10 @@ class HMCConfig:
                              "smoother node, 4x the work", ge=0, le=64, label="jitter (px)")
     clip: bool = setting(False, "the score sees the image as a file holds it: x * std + mean clipped to [0, 1] "
                                 "(without it a ReLU net's score grows with contrast past the pixel range)")
+    score: str = setting("logit", "what an output node scores: logit (the paper's f_y) or log_softmax (log p(y|x), "
+                                  "bounded above by 0: the chains stop gaining once the class wins, and at T = 1 "
+                                  "p(y|x) q(x) is Bayes' p(x|y) for q the images' distribution); output nodes only",
+                         choices=("logit", "log_softmax"), label="class score")
     warm_start: int = setting(0, "Adam steps (lr 0.05) that move the starting states towards low U(x) before "
                                  "sampling; like warm-up, they are not samples", ge=0, le=1_000_000,
                               label="warm-start steps")

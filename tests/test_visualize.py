@@ -242,12 +242,14 @@ def test_log_softmax_score_is_sampled_and_warm_started():
     model, info = create_model("lenet")
     score = node_score(model, info, "logits:3")
     cfg = HMCConfig(jitter=2, clip=True, score="log_softmax", warm_start=5)
-    x = torch.randn(3, 1, 28, 28)
-    expected = score_view(score.log_probability(), info, cfg)(x)  # a prepared log p(y|x) score, wrapped as asked
-    torch.testing.assert_close(score_view(score, info, cfg)(x), expected)
-    torch.testing.assert_close(warm_view(score, info, cfg)(x), expected)
-    assert (expected <= 0).all() and not torch.allclose(expected, score_view(score, info, HMCConfig(jitter=2,
-                                                                                                     clip=True))(x))
+    x = torch.randn(3, 1, 28, 28) * 3
+    pix = ((x * info.std[0] + info.mean[0]).clamp(0, 1) - info.mean[0]) / info.std[0]  # by hand: clip, 4 shifts,
+    shifts = [torch.roll(torch.nn.functional.pad(pix, (2, 2, 2, 2), mode="reflect"), (dy, dx), (2, 3))[..., 2:30, 2:30]
+              for dy, dx in [(0, 0), (0, 2), (2, 0), (2, 2)]]  # log_softmax of the network's logits, class 3
+    expected = torch.stack([model(v).log_softmax(1)[:, 3] for v in shifts]).mean(0)
+    torch.testing.assert_close(score_view(score, info, cfg)(x), expected, rtol=1e-5, atol=1e-5)
+    one = HMCConfig(clip=True, score="log_softmax", warm_start=5, warm_augment="wide")  # the warm start's view
+    torch.testing.assert_close(warm_view(score, info, one)(x), model(pix).log_softmax(1)[:, 3], rtol=1e-5, atol=1e-5)
     run = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=3, leapfrog_steps=2, step_size=1e-3,
                                                           mass=1.0, score="log_softmax"))
     assert (run.result.trace["score"] <= 0).all() and "f = log p(y|x)" in caption(run)
