@@ -736,6 +736,13 @@ IMAGENET_SETTINGS["pink1f_s03_wide600_t0002"] = replace(IMAGENET_SETTINGS["pink1
                                                         name="pink1f_s03_wide600_t0002", temperature=0.002)
 
 
+# thirteenth session (exploratory): the 1/f setting with the bounded score log p(y|x) <= 0 in place of the logit, run
+# in full (the twelfth session read its warm starts only), to measure whether a score that cannot climb lets the
+# chains become stationary (split R-hat) and what the HMC iterations then do to the reading
+IMAGENET_SETTINGS["pink1f_s03_wide600_t001_lsm"] = replace(IMAGENET_SETTINGS["pink1f_s03_wide600_t001"],
+                                                           name="pink1f_s03_wide600_t001_lsm", score="log_softmax")
+
+
 def load_imagenet(name: str, weights_dir: Path):
     spec, file, kwargs, norm = IMAGENET_MODELS[name]
     mean, std = norm if norm else (None, None)
