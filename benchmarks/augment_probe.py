@@ -16,6 +16,8 @@ Only the tuning classes are read here: a range chosen from this probe is then ru
         --variants wide_1f_t0002 wide_1f_t00005 --classes 1 130 417 949 22 207 555 779 920 967  # twelfth session
     GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants wide_1f_lsm \
         --classes 1 130 417 949 22 207 555 779 920 967  # twelfth session: the bounded score log p(y|x)
+    GENCNN_DATA=../shared/data python benchmarks/augment_probe.py --variants wide_1f_t0002 wide_1f_t005 \
+        --classes 1 130 417 949 22 207 555 779 920 967  # thirteenth session: SqueezeNet colder and warmer
     # -> docs/results/legibility/pilots/augment_probe_<model>.json (one entry per variant and class;
     #    resumes; processes on other variants or classes may run side by side: each re-reads the file before
     #    adding its class)
@@ -58,6 +60,8 @@ VARIANTS = {
     "wide_1f_t0002": WARM_TRANSFORMS["wide"],
     "wide_1f_t00005": WARM_TRANSFORMS["wide"],
     "wide_1f_lsm": WARM_TRANSFORMS["wide"],
+    # thirteenth session: is T a property of the network? SqueezeNet's warm starts colder and warmer than its T 0.01
+    "wide_1f_t005": WARM_TRANSFORMS["wide"],
 }
 PILOTS = L.RESULTS / "pilots"  # not records: the report reads only the folder above
 VIEWS = {"wide_x4": 4}  # transforms averaged per step (1 if not named): MACO's several crops per step, 4 x the work
@@ -66,6 +70,7 @@ OVERRIDES = {  # fields of the setting changed (legibility.Setting)
     "wide_1f_t0002": {"reference": "pink:imagenet_1f", "temperature": 0.002},
     "wide_1f_t00005": {"reference": "pink:imagenet_1f", "temperature": 0.0005},
     "wide_1f_lsm": {"reference": "pink:imagenet_1f", "score": "log_softmax"},
+    "wide_1f_t005": {"reference": "pink:imagenet_1f", "temperature": 0.05},
 }
 
 
@@ -127,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
                        OVERRIDES.get(name))
             ranks = L.judge_ranks(judge, jinfo, pix, torch.full((args.chains,), c)).tolist()
             torch.save((pix * 255).round().to(torch.uint8), cache / f"{args.model}_{name}_{c}.pt")
-            run = {"ranks": ranks, "seconds": time.perf_counter() - t0}
-            meta = L._meta(args, args.threads)
+            meta = L._meta(args, args.threads)  # the file's device and date are the last run's; each run keeps its own
+            run = {"ranks": ranks, "seconds": time.perf_counter() - t0, "device": meta["device"]}
             L.update_json(out, partial(with_run, key=key, run=run, meta=meta))  # other processes add classes too
             print(f"{name} class {c}: judge ranks {ranks}, {run['seconds']:.0f} s", flush=True)
     summarize(read(out), args.variants)

@@ -21,7 +21,9 @@ import argparse
 import json
 import math
 import platform
+import posixpath
 import random
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -731,13 +733,13 @@ IMAGENET_SETTINGS["pink1f_s03_wide600_t001_i160"] = replace(IMAGENET_SETTINGS["p
 # twelfth session: the 1/f setting colder, for MobileNetV2, whose samples wash out at T 0.01 (its logits span less;
 # our hypothesis: the prior's pull towards the mean image wins); T 0.002 was chosen over 0.0005 on 10 tuning classes'
 # warm starts (benchmarks/augment_probe.py, variants wide_1f_t0002 / wide_1f_t00005), then run in full on the third
-# draw
+# draw and (thirteenth session) on the 6 tuning classes pink1f_s03_wide600_t001 ran on, to pair the two T
 IMAGENET_SETTINGS["pink1f_s03_wide600_t0002"] = replace(IMAGENET_SETTINGS["pink1f_s03_wide600_t001"],
                                                         name="pink1f_s03_wide600_t0002", temperature=0.002)
 
 
 # thirteenth session (exploratory): the 1/f setting with the bounded score log p(y|x) <= 0 in place of the logit, run
-# in full (the twelfth session read its warm starts only), to measure whether a score that cannot climb lets the
+# in full (the twelfth session read its warm starts only), to measure whether a score bounded above (f <= 0) lets the
 # chains become stationary (split R-hat) and what the HMC iterations then do to the reading
 IMAGENET_SETTINGS["pink1f_s03_wide600_t001_lsm"] = replace(IMAGENET_SETTINGS["pink1f_s03_wide600_t001"],
                                                            name="pink1f_s03_wide600_t001_lsm", score="log_softmax")
@@ -1225,6 +1227,17 @@ def paired_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def rebase_links(markdown: str, folder: str) -> str:
+    """Markdown written in ``folder`` with its relative links rewritten for the folder above it (NOTE.md's links,
+    written beside the records, as they must read once the report copies NOTE.md into docs/results/legibility.md)."""
+    def rebase(m: re.Match) -> str:
+        target = m.group(1)
+        if re.match(r"[a-z][a-z0-9+.-]*:|[#/]", target):  # a URL, an anchor or an absolute path
+            return m.group(0)
+        return f"]({posixpath.normpath(posixpath.join(folder, target))})"
+    return re.sub(r"\]\(([^)\s]+)\)", rebase, markdown)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """docs/results/legibility.md from every JSON record in docs/results/legibility/ (and NOTE.md beside them)."""
     recs = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
@@ -1328,7 +1341,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                           f"![{r['model']} {key}](../images/{img.name})", ""]
     note = RESULTS / "NOTE.md"
     if note.is_file():
-        lines += [note.read_text().rstrip(), ""]
+        lines += [rebase_links(note.read_text().rstrip(), RESULTS.name), ""]
     out = RESULTS.parent / "legibility.md"
     out.write_text("\n".join(lines))
     print(f"wrote {out}")

@@ -241,3 +241,22 @@ def test_pooled_paired_lines_pair_the_preset_over_every_class_set_both_ran():
     lines = L.pooled_paired_lines(rows)  # warm starts on one class set only: the per-set figures say it
     assert any(x.startswith("| `paper`") for x in lines) and not any(x.startswith("| its own warm") for x in lines)
     assert not L.pooled_paired_lines(rows[:1] + rows[2:3])  # one class set in common: the per-set table says it
+
+
+def test_note_links_are_rebased_for_the_report_one_folder_up():
+    note = ("see [pilots/a.json](pilots/a.json), [grid](../../images/g.png), [web](https://x.org/a), "
+            "[top](#thirteenth-session) and [abs](/etc/x)")
+    assert L.rebase_links(note, "legibility") == (
+        "see [pilots/a.json](legibility/pilots/a.json), [grid](../images/g.png), [web](https://x.org/a), "
+        "[top](#thirteenth-session) and [abs](/etc/x)")
+
+
+def test_every_relative_link_of_the_committed_reports_resolves():
+    import re
+
+    for md in (L.RESULTS.parent / "legibility.md", L.RESULTS / "NOTE.md"):
+        targets = re.findall(r"\]\(([^)\s]+)\)", md.read_text())
+        local = [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:|[#/]", t)]
+        assert local, md
+        missing = [t for t in local if not (md.parent / t.split("#")[0]).exists()]
+        assert not missing, (md.name, missing)
