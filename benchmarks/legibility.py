@@ -733,7 +733,8 @@ IMAGENET_SETTINGS["pink1f_s03_wide600_t001_i160"] = replace(IMAGENET_SETTINGS["p
 # twelfth session: the 1/f setting colder, for MobileNetV2, whose samples wash out at T 0.01 (its logits span less;
 # our hypothesis: the prior's pull towards the mean image wins); T 0.002 was chosen over 0.0005 on 10 tuning classes'
 # warm starts (benchmarks/augment_probe.py, variants wide_1f_t0002 / wide_1f_t00005), then run in full on the third
-# draw and (thirteenth session) on the 6 tuning classes pink1f_s03_wide600_t001 ran on, to pair the two T
+# draw and (thirteenth session) on the 6 tuning classes pink1f_s03_wide600_t001 ran on, to pair the two T; SqueezeNet
+# was run with it on the third draw too (thirteenth session), paired with the preset's T 0.01
 IMAGENET_SETTINGS["pink1f_s03_wide600_t0002"] = replace(IMAGENET_SETTINGS["pink1f_s03_wide600_t001"],
                                                         name="pink1f_s03_wide600_t0002", temperature=0.002)
 
