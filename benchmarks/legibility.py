@@ -1228,15 +1228,17 @@ def paired_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+MD_LINK = re.compile(r"\]\(([^)\s]+)\)")  # a markdown link's target
+NOT_RELATIVE = re.compile(r"[a-z][a-z0-9+.-]*:|[#/]")  # a URL, an anchor or an absolute path
+
+
 def rebase_links(markdown: str, folder: str) -> str:
     """Markdown written in ``folder`` with its relative links rewritten for the folder above it (NOTE.md's links,
     written beside the records, as they must read once the report copies NOTE.md into docs/results/legibility.md)."""
     def rebase(m: re.Match) -> str:
         target = m.group(1)
-        if re.match(r"[a-z][a-z0-9+.-]*:|[#/]", target):  # a URL, an anchor or an absolute path
-            return m.group(0)
-        return f"]({posixpath.normpath(posixpath.join(folder, target))})"
-    return re.sub(r"\]\(([^)\s]+)\)", rebase, markdown)
+        return m.group(0) if NOT_RELATIVE.match(target) else f"]({posixpath.normpath(posixpath.join(folder, target))})"
+    return MD_LINK.sub(rebase, markdown)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -252,11 +252,8 @@ def test_note_links_are_rebased_for_the_report_one_folder_up():
 
 
 def test_every_relative_link_of_the_committed_reports_resolves():
-    import re
-
     for md in (L.RESULTS.parent / "legibility.md", L.RESULTS / "NOTE.md"):
-        targets = re.findall(r"\]\(([^)\s]+)\)", md.read_text())
-        local = [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:|[#/]", t)]
+        local = [t for t in L.MD_LINK.findall(md.read_text()) if not L.NOT_RELATIVE.match(t)]
         assert local, md
         missing = [t for t in local if not (md.parent / t.split("#")[0]).exists()]
         assert not missing, (md.name, missing)
