@@ -68,6 +68,12 @@ class HMCConfig:
     jitter: int = setting(0, "average the node's score over 4 fixed translations of the image, by 0 and this many "
                              "pixels down and right (lucent's jitter made deterministic; 0: off): exact for that "
                              "smoother node, 4x the work", ge=0, le=64, label="jitter (px)")
+    affine_views: int = setting(0, "average the node's score over this many fixed views of the image: the image "
+                                   "itself and shifts, zooms and rotations drawn once (seed 0, the same node in "
+                                   "every run) from warm_augment's range (standard when off); exact for that "
+                                   "smoother node, this many times the work (0: off; 1, the image alone, is refused; "
+                                   "not with jitter)", ge=0, le=64,
+                                label="fixed views")
     clip: bool = setting(False, "the score sees the image as a file holds it: x * std + mean clipped to [0, 1] "
                                 "(without it a ReLU net's score grows with contrast past the pixel range)")
     score: str = setting("logit", "what an output node scores: logit (the paper's f_y) or log_softmax (log p(y|x), "
@@ -93,6 +99,12 @@ class HMCConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.jitter and self.affine_views:
+            raise SettingsError("jitter and affine_views: one averaged view of the node at a time, not both (set "
+                                "jitter 0)")
+        if self.affine_views == 1:
+            raise SettingsError("affine_views: 1 is the image alone, the plain score at the cost of a resampling; "
+                                "0 (off) or at least 2")
         if self.replicas > 1 and not self.hot_temperature > self.temperature:
             raise SettingsError(f"hot_temperature: {self.hot_temperature:g} must be above temperature "
                                 f"{self.temperature:g} when replicas > 1")

@@ -50,7 +50,7 @@ from .hmc import HMCConfig, HMCResult, HMCStep, hmc_sample
 from .specs import ModelInfo
 
 __all__ = ["KINDS", "REFERENCE_DIR", "Reference", "ReferenceRun", "ChainMonitor", "TransformAveragedScore",
-           "PixelClippedScore",
+           "PixelClippedScore", "RandomAffineScore", "FixedAffineScore", "affine_thetas", "affine_views",
            "make_reference", "fit_reference", "fit_pca_reference", "PCAReference", "save_reference_data",
            "load_reference_data", "parse_reference",
            "tilted_score", "z_config", "initial_z", "sample_reference", "radial_amplitude"]
@@ -673,14 +673,54 @@ class RandomAffineScore(nn.Module):
             self._generator = torch.Generator().manual_seed(self.seed)
         u = torch.rand(self.total or n, 4, generator=self._generator, dtype=torch.float64)
         u = u if self.rows is None else u[self.rows]
-        zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * u[:, 0]
-        angle = torch.deg2rad((2 * u[:, 1] - 1) * self.degrees)
-        ty, tx = (2 * u[:, 2] - 1) * self.shift * 2, (2 * u[:, 3] - 1) * self.shift * 2
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # output pixel -> input pixel: zoom in = 1/zoom
-        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-        return theta.to(device=device, dtype=torch.float32)
+        return affine_thetas(u, self.shift, self.zoom, self.degrees).to(device=device, dtype=torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        theta = self.thetas(x.shape[0], x.device)
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        return self.score_fn(F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False))
+        return self.score_fn(affine_views(x, self.thetas(x.shape[0], x.device)))
+
+
+def affine_thetas(u: torch.Tensor, shift: float, zoom: tuple[float, float], degrees: float) -> torch.Tensor:
+    """(n, 2, 3) affine matrices (affine_grid's normalised coordinates, the side spans 2) from uniform draws u (n, 4):
+    a zoom in ``zoom``, a rotation within +-``degrees`` and a shift within +-``shift`` of the side on each axis."""
+    z = zoom[0] + (zoom[1] - zoom[0]) * u[:, 0]
+    angle = torch.deg2rad((2 * u[:, 1] - 1) * degrees)
+    ty, tx = (2 * u[:, 2] - 1) * shift * 2, (2 * u[:, 3] - 1) * shift * 2
+    cos, sin = torch.cos(angle) / z, torch.sin(angle) / z  # output pixel -> input pixel: zoom in = 1/zoom
+    return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+
+
+def affine_views(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """x (N, C, H, W) resampled by theta (N, 2, 3): bilinear, borders reflected."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class FixedAffineScore(nn.Module):
+    """f_bar(x) = mean_k f(tau_k x) over K FIXED affine transforms: the identity and K - 1 shifts, zooms and
+    rotations drawn once (``seed``, not the chains' seed: the node is the same in every run) from a
+    ``WARM_TRANSFORMS`` range (default "standard", as ``HMCConfig.affine_views`` with ``warm_augment`` off).
+
+    Deterministic, so HMC on it is exact -- for this smoothed node, which is not the network's f_y. It is a K-point
+    estimate of the expectation that the warm start's random transforms (:class:`RandomAffineScore`) ascend, so the
+    chains keep scoring views that move the pixel grid (zooms, turns), not 8-px shifts a CNN sees almost alike.
+    Chains stay consecutive in the batch (copies of chain b at rows b*K..b*K+K-1), as in
+    :class:`TransformAveragedScore`.
+    """
+
+    def __init__(self, score_fn: Callable[[torch.Tensor], torch.Tensor], count: int,
+                 shift: float = WARM_TRANSFORMS["standard"][0],
+                 zoom: tuple[float, float] = WARM_TRANSFORMS["standard"][1],
+                 degrees: float = WARM_TRANSFORMS["standard"][2], seed: int = 0) -> None:
+        super().__init__()
+        if count < 1:
+            raise ValueError(f"count: {count} fixed views, at least 1 (the identity)")
+        self.score_fn = score_fn
+        u = torch.rand(count - 1, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype=torch.float64)
+        self.register_buffer("thetas", torch.cat([identity, affine_thetas(u, shift, zoom, degrees)]).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k = x.shape[0], self.thetas.shape[0]
+        copies = x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)  # (B*K, C, H, W), chain b at b*K..b*K+K-1
+        f = self.score_fn(affine_views(copies, self.thetas.repeat(b, 1, 1)))
+        return f.view(b, k).mean(1)

@@ -22,6 +22,7 @@ from .nodes import Node, NodeScore, node_score
 from .reference import (
     WARM_TRANSFORMS,
     ChainMonitor,
+    FixedAffineScore,
     PixelClippedScore,
     RandomAffineScore,
     Reference,
@@ -238,9 +239,9 @@ def _pooled_swap_rate(parts: list[tuple[int, torch.Tensor | None]]) -> torch.Ten
 
 
 def score_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module:
-    """The function HMC samples: the node's score, averaged over ``config.jitter``'s 4 fixed translations and/or of
-    the clipped pixels (``config.clip``), of log p(y|x) instead of the logit (``config.score``); the score itself when
-    all are off."""
+    """The function HMC samples: the node's score, averaged over ``config.jitter``'s 4 fixed translations or over
+    ``config.affine_views`` fixed shifts, zooms and rotations, of the clipped pixels (``config.clip``), of log p(y|x)
+    instead of the logit (``config.score``); the score itself when all are off."""
     if config.score == "log_softmax":
         if not isinstance(score, NodeScore):
             raise ValueError("score: log_softmax needs a node score (gencnn_plugin.nodes.node_score)")
@@ -252,15 +253,25 @@ def score_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Modul
         if j >= min(info.input_size[1:]):
             raise ValueError(f"jitter: {j} px must be smaller than the input's sides {tuple(info.input_size[1:])}")
         score = TransformAveragedScore(score, [(0, 0), (0, j), (j, 0), (j, j)])
+    if config.affine_views:
+        shift, zoom, degrees = WARM_TRANSFORMS[affine_range(config)]
+        score = FixedAffineScore(score, config.affine_views, shift=shift, zoom=zoom, degrees=degrees)
     if config.clip:
         score = PixelClippedScore(score, info)
     return score
 
 
+def affine_range(config: HMCConfig) -> str:
+    """The ``WARM_TRANSFORMS`` range ``config.affine_views`` draws its fixed views from: the warm start's, standard
+    when it has none (part of the sampled node, so the caption names it)."""
+    return config.warm_augment if config.warm_augment != "off" else "standard"
+
+
 def warm_view(score: nn.Module, info: ModelInfo, config: HMCConfig) -> nn.Module:
-    """What the warm start scores: the sampled view, without its jitter average under ``warm_augment`` (the random
-    shift replaces it, at a quarter of the work)."""
-    return score_view(score, info, replace(config, jitter=0) if config.warm_augment != "off" else config)
+    """What the warm start scores: the sampled view, without its jitter or fixed-view average under
+    ``warm_augment`` (one random transform per step replaces it, at 1/4 of the jitter's work or 1/K of K views')."""
+    plain = replace(config, jitter=0, affine_views=0)
+    return score_view(score, info, plain if config.warm_augment != "off" else config)
 
 
 def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HMCConfig, lr: float = 0.05,
@@ -268,9 +279,9 @@ def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HM
     """``config.warm_start`` Adam steps on U(z) = -f(mu + A z) / T + |z|^2 / 2 from z0 (each chain on its own: the
     sum of independent terms): starting states near a mode, so a short run at low T starts where p puts its mass.
     With ``config.warm_augment`` (a range of ``WARM_TRANSFORMS``) each step scores a random shift, zoom and rotation
-    of the images (:class:`RandomAffineScore` around ``fn``; pass :func:`warm_view`'s score, without the jitter
-    average, which the random shift replaces; ``rows`` of ``total``: these chains' place in a run split over
-    devices).
+    of the images (:class:`RandomAffineScore` around ``fn``; pass :func:`warm_view`'s score, without the jitter or
+    fixed-view average, which the random transform replaces; ``rows`` of ``total``: these chains' place in a run
+    split over devices).
     The path is not part of the chain; HMC from the result is exact as from any start."""
     if config.warm_augment != "off":
         shift, zoom, degrees = WARM_TRANSFORMS[config.warm_augment]
@@ -476,7 +487,9 @@ def caption(run: SampleRun, show: str = "sample") -> str:
     named = s.get("reference", c.reference)
     q = f"N(0, {c.sigma:g}^2 I)" if c.reference == "white" else f"{named} (sigma {c.sigma:g})"
     view = (", f = log p(y|x)" if c.score == "log_softmax" else "") + \
-        (f", f averaged over 4 shifts of {c.jitter} px" if c.jitter else "") + (", clipped pixels" if c.clip else "")
+        (f", f averaged over 4 shifts of {c.jitter} px" if c.jitter else "") + \
+        (f", f averaged over {c.affine_views} fixed {affine_range(c)} views" if c.affine_views else "") + \
+        (", clipped pixels" if c.clip else "")
     moves = f" ({c.warm_augment} random transforms)" if c.warm_augment != "off" else ""
     view += f", {c.warm_start} warm-start steps{moves}" if c.warm_start else ""
     view += f", {c.replicas} replicas up to T = {c.hot_temperature:g}" if c.replicas > 1 else ""

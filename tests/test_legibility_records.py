@@ -129,8 +129,8 @@ def test_each_legible_preset_is_the_benchmark_setting_it_is_measured_as(preset, 
         kind, _, data = cfg.reference.partition(":")
         assert (kind, data or DEFAULT_DATA[1]) == (st.reference, L.DATASET_FILES[table])
     mine = {k: getattr(cfg, k) for k in ("sigma", "temperature", "step_size", "leapfrog_steps", "mass", "iters",
-                                         "adapt_steps", "target_accept", "clip", "jitter", "warm_augment", "replicas",
-                                         "hot_temperature")}
+                                         "adapt_steps", "target_accept", "clip", "jitter", "affine_views",
+                                         "warm_augment", "replicas", "hot_temperature")}
     theirs = {k: getattr(st, k) for k in mine}
     assert (mine, cfg.warm_start) == (theirs, st.warm_opt)
 

@@ -268,6 +268,53 @@ def test_log_softmax_score_is_sampled_and_warm_started():
         HMCConfig(score="softmax")
 
 
+def test_fixed_views_sample_the_stated_node():
+    """affine_views: HMC sees the mean of f over K fixed views of the clipped image, the identity first and the rest
+    drawn once from the warm-start range (within its bounds, the same for any chain seed); each chain's mean is its
+    own; under warm_augment the warm start scores one random view instead; it does not combine with jitter."""
+    from gencnn_plugin.nodes import node_score
+    from gencnn_plugin.reference import FixedAffineScore, PixelClippedScore, affine_views
+    from gencnn_plugin.visualize import score_view, warm_view
+
+    torch.manual_seed(0)
+    model, info = create_model("lenet")
+    score = node_score(model, info, "logits:3")
+    x = torch.randn(3, 1, 28, 28) * 3
+    torch.testing.assert_close(FixedAffineScore(score, 1)(x), score(x), rtol=1e-5, atol=1e-5)  # the identity alone
+    cfg = HMCConfig(affine_views=5, clip=True, warm_start=3, warm_augment="wide")
+    view = score_view(score, info, cfg)
+    assert isinstance(view, PixelClippedScore) and isinstance(view.score_fn, FixedAffineScore)
+    th = view.score_fn.thetas.double()
+    assert th.shape == (5, 2, 3) and torch.equal(th[0], torch.eye(2, 3, dtype=torch.float64))
+    zoom = 1 / th[1:, 0, :2].norm(dim=1)  # rows of R(angle) / zoom
+    angle = torch.rad2deg(torch.atan2(th[1:, 1, 0], th[1:, 0, 0]))
+    assert 0.6 - 1e-6 <= zoom.min() < 0.9 and zoom.max() <= 1.2 + 1e-6  # the wide range, not the standard one
+    assert 10 < angle.abs().max() <= 20 + 1e-4 and th[1:, :, 2].abs().max() <= 2 * 32 / 224 + 1e-6
+    pix = ((x * info.std[0] + info.mean[0]).clamp(0, 1) - info.mean[0]) / info.std[0]
+    by_hand = torch.stack([score(affine_views(pix, t.expand(3, 2, 3))) for t in view.score_fn.thetas]).mean(0)
+    torch.testing.assert_close(view(x), by_hand, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(view(x), score(pix), rtol=1e-3, atol=1e-3)  # the views are not ignored
+    torch.testing.assert_close(view(x[1:2]), view(x)[1:2], rtol=1e-5, atol=1e-5)  # chain 1's mean is its own
+    pair = score_view(node_score(model, info, ["logits:3", "logits:5"]), info, cfg)  # chains grouped by node
+    five = score_view(node_score(model, info, "logits:5"), info, cfg)
+    x4 = torch.cat([x[:2], x[1:]])
+    torch.testing.assert_close(pair(x4), torch.cat([view(x4[:2]), five(x4[2:])]), rtol=1e-5, atol=1e-5)
+    other = score_view(score, info, replace(cfg, seed=7)).score_fn.thetas
+    assert torch.equal(other, view.score_fn.thetas)  # one node for every run
+    narrow = score_view(score, info, HMCConfig(affine_views=5)).thetas.double()  # warm_augment off: standard range
+    assert (1 / narrow[1:, 0, :2].norm(dim=1) - 1).abs().max() <= 0.05 + 1e-6
+    warm = warm_view(score, info, cfg)
+    assert isinstance(warm, PixelClippedScore) and not isinstance(warm.score_fn, FixedAffineScore)
+    assert isinstance(warm_view(score, info, replace(cfg, warm_augment="off")).score_fn, FixedAffineScore)
+    with pytest.raises(SettingsError, match="affine_views"):
+        HMCConfig(jitter=2, affine_views=4)
+    with pytest.raises(SettingsError, match="affine_views"):
+        HMCConfig(affine_views=1)
+    run = sample_node(model, info, "logits:3", HMCConfig(chains=2, iters=2, leapfrog_steps=2, step_size=1e-3,
+                                                          mass=1.0, affine_views=3))
+    assert "averaged over 3 fixed standard views" in caption(run)
+
+
 def test_warm_start_minimises_the_samplers_potential():
     """With a linear score f(x) = <w, x> and q = N(0, s^2 I), U(z) = -<w, s z> / T + |z|^2 / 2 has its minimum at
     z* = s w / T: the warm start must land there (an objective without -f / T, or with the wrong T or s, does not)."""
