@@ -72,8 +72,7 @@ class HMCConfig:
                                    "itself and shifts, zooms and rotations drawn once (seed 0, the same node in "
                                    "every run) from warm_augment's range (standard when off); exact for that "
                                    "smoother node, this many times the work (0: off; 1, the image alone, is refused; "
-                                   "not with jitter)", ge=0, le=64,
-                                label="fixed views")
+                                   "not with jitter)", ge=0, le=64, label="fixed views")
     clip: bool = setting(False, "the score sees the image as a file holds it: x * std + mean clipped to [0, 1] "
                                 "(without it a ReLU net's score grows with contrast past the pixel range)")
     score: str = setting("logit", "what an output node scores: logit (the paper's f_y) or log_softmax (log p(y|x), "
