@@ -362,7 +362,8 @@ def from_pixels(pix: torch.Tensor, info) -> torch.Tensor:
 
 
 def score_config(setting: Setting, seed: int = 0) -> HMCConfig:
-    """The library's settings for the function a setting samples and warm-starts (jitter, clip, warm start)."""
+    """The library's settings for the function a setting samples and warm-starts (jitter or fixed views, clip, score,
+    warm start)."""
     return HMCConfig(temperature=setting.temperature, jitter=setting.jitter, affine_views=setting.affine_views,
                      clip=setting.clip, warm_start=setting.warm_opt, warm_augment=setting.warm_augment,
                      score=setting.score, seed=seed)

@@ -587,6 +587,12 @@ class PixelClippedScore(nn.Module):
         return self.score_fn(((x * self.std + self.mean).clamp(0, 1) - self.mean) / self.std)
 
 
+def view_mean(score_fn: Callable[[torch.Tensor], torch.Tensor], views: torch.Tensor) -> torch.Tensor:
+    """mean_k f(views[:, k]) for views (B, K, C, H, W), in one batch whose rows keep chain b's views at b*K..b*K+K-1,
+    so a multi-node NodeScore's grouping of chains holds."""
+    return score_fn(views.flatten(0, 1)).view(views.shape[:2]).mean(1)
+
+
 class TransformAveragedScore(nn.Module):
     """f_bar(x) = mean_k f(tau_k x) over a FIXED set of translations (dy, dx) in pixels and zoom factors.
 
@@ -626,9 +632,7 @@ class TransformAveragedScore(nn.Module):
         k = len(self.transforms)
         if k == 1:
             return self.score_fn(self._transform(x, *self.transforms[0]))
-        views = torch.stack([self._transform(x, s, z) for s, z in self.transforms], dim=1)  # (B, K, C, H, W)
-        f = self.score_fn(views.flatten(0, 1))
-        return f.view(x.shape[0], k).mean(1)
+        return view_mean(self.score_fn, torch.stack([self._transform(x, s, z) for s, z in self.transforms], dim=1))
 
 
 # the warm start's random transforms by name (HMCConfig.warm_augment): the largest shift as a fraction of the side,
@@ -721,6 +725,5 @@ class FixedAffineScore(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, k = x.shape[0], self.thetas.shape[0]
-        copies = x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)  # (B*K, C, H, W), chain b at b*K..b*K+K-1
-        f = self.score_fn(affine_views(copies, self.thetas.repeat(b, 1, 1)))
-        return f.view(b, k).mean(1)
+        copies = x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)  # chain b at rows b*K..b*K+K-1
+        return view_mean(self.score_fn, affine_views(copies, self.thetas.repeat(b, 1, 1)).view(b, k, *x.shape[1:]))
