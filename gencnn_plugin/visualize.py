@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .diagnostics import ess_bulk, rhat
 from .files import atomic_path
 from .hmc import HMCConfig, HMCResult, HMCStep, hmc_sample, summarize
 from .nodes import Node, NodeScore, node_score
+from .redirect import redirected_relus
 from .reference import (
     WARM_TRANSFORMS,
     ChainMonitor,
@@ -184,6 +186,17 @@ def _finish(result: HMCResult, mean_z: torch.Tensor | None, projections: torch.T
     s.update(reference=named, temperature=config.temperature, rhat_x=rhat_x, ess_x=ess_x,
              rhat=float("nan") if rhat_x != rhat_x or s["rhat_score"] != s["rhat_score"]
              else max(s["rhat_score"], rhat_x), warmup=config.adapt_steps)
+    scores = result.trace.get("score")
+    if result.iters_done and scores is not None and scores.shape[1] % groups == 0:
+        per = scores.shape[1] // groups
+        silent = [nodes[g] for g in range(groups) if not scores[:, g * per:(g + 1) * per].ne(0).any()]
+        if silent:
+            fix = ("add warm-start steps (--warm-start) with the redirected ReLU gradient (--warm-redirect, the "
+                   "default), which reaches a silent node" if not config.warm_start
+                   else "turn warm_redirect on (--warm-redirect)" if not config.warm_redirect
+                   else "try more warm-start steps, or the channel's mean (LAYER:C,mean) instead of one unit")
+            notes.append(f"{', '.join(silent)}: f_y is 0 in every chain at every iteration: the node is silent (a "
+                         f"unit behind a ReLU at 0) where the chains ran, so they sampled q alone; {fix}")
     if result.iters_done and s["accept_rate"] < 0.01:
         notes.append(f"no proposal was accepted (mean |energy error| {s['mean_abs_energy_error']:.3g}): "
                      f"the step size {config.step_size:g} is too large for this node; try a smaller one or "
@@ -282,21 +295,24 @@ def warm_start(fn: nn.Module, reference: Reference, z0: torch.Tensor, config: HM
     of the images (:class:`RandomAffineScore` around ``fn``; pass :func:`warm_view`'s score, without the jitter or
     fixed-view average, which the random transform replaces; ``rows`` of ``total``: these chains' place in a run
     split over devices).
+    With ``config.warm_redirect`` the ReLUs pass a gradient where none flows (:mod:`redirect`), so a node that is
+    silent at the start moves.
     The path is not part of the chain; HMC from the result is exact as from any start."""
     if config.warm_augment != "off":
         shift, zoom, degrees = WARM_TRANSFORMS[config.warm_augment]
         fn = RandomAffineScore(fn, shift=shift, zoom=zoom, degrees=degrees, seed=config.seed, rows=rows, total=total)
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    for _ in range(config.warm_start):
-        if stop is not None and stop():
-            break
-        opt.zero_grad(set_to_none=True)
-        with precision_context(z.device, config.precision):
-            f = fn(reference.to_x(z)).float()
-        u = -f / config.temperature + z.pow(2).flatten(1).sum(1) / 2
-        u.sum().backward()
-        opt.step()
+    with redirected_relus(fn) if config.warm_redirect else nullcontext():
+        for _ in range(config.warm_start):
+            if stop is not None and stop():
+                break
+            opt.zero_grad(set_to_none=True)
+            with precision_context(z.device, config.precision):
+                f = fn(reference.to_x(z)).float()
+            u = -f / config.temperature + z.pow(2).flatten(1).sum(1) / 2
+            u.sum().backward()
+            opt.step()
     return z.detach()
 
 
