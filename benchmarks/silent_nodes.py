@@ -3,8 +3,9 @@ draws of q they start from?
 
 A channel's centre unit (the node string ``LAYER:C``, what the app and ``gencnn sample`` take by default) sits behind
 a ReLU and is 0 at most draws of the preset's reference in SqueezeNet 1.1's deeper Fire modules. There d f / d x = 0,
-so neither the warm start nor HMC moves the image towards the node: the chain samples q, its picture is the
-reference's fog, and R-hat flags the node only when another chain escaped. This benchmark draws channels at random
+so unless the warm start's random views happen to wake it, nothing moves the image towards the node: HMC moves the
+chain by q alone, its picture is mostly the reference's fog, and R-hat flags the node only when another chain
+escaped. This benchmark draws channels at random
 from each layer (seeded) and runs the shipped preset on each unit twice from the same starting states: with the
 warm start's ordinary ReLU gradient (``warm_redirect`` off, the preset until 2026-11-25) and with Lucid's
 redirected ReLU gradient (on, ``gencnn_plugin.redirect``). It records, per chain, whether the node's score is 0

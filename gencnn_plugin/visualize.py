@@ -196,7 +196,7 @@ def _finish(result: HMCResult, mean_z: torch.Tensor | None, projections: torch.T
                    else "turn warm_redirect on (--warm-redirect)" if not config.warm_redirect
                    else "try more warm-start steps, or the channel's mean (LAYER:C,mean) instead of one unit")
             notes.append(f"{', '.join(silent)}: f_y is 0 in every chain at every iteration: the node is silent (a "
-                         f"unit behind a ReLU at 0) where the chains ran, so they sampled q alone; {fix}")
+                         f"unit behind a ReLU at 0) where the chains ran, so HMC moved them by q alone; {fix}")
     if result.iters_done and s["accept_rate"] < 0.01:
         notes.append(f"no proposal was accepted (mean |energy error| {s['mean_abs_energy_error']:.3g}): "
                      f"the step size {config.step_size:g} is too large for this node; try a smaller one or "
