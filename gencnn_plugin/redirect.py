@@ -50,6 +50,8 @@ class RedirectedClamp(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (out,) = ctx.saved_tensors
         upper = ctx.upper
+        if grad.numel() == 0:
+            return grad, None, None
         # torch's own ReLU / ReLU6 backward (the output tells the range as well as the input does)
         plain = (torch.ops.aten.threshold_backward(grad, out, 0) if upper is None
                  else torch.ops.aten.hardtanh_backward(grad, out, 0.0, upper))

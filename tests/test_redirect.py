@@ -68,10 +68,15 @@ def test_the_full_path_equals_the_shortcut_and_nan_passes_as_in_torch(monkeypatc
         assert torch.equal(_grad(fn, x[:2], g[:2]), early) and torch.equal(_grad(fn, x, g), mixed)
         monkeypatch.undo()
     x[0, 0, 0] = float("nan")
-    assert torch.equal(_grad(partial(_clamp, upper=None), x[:2], g[:2]), _grad(F.relu, x[:2], g[:2]))
-    assert _grad(partial(_clamp, upper=None), x[:2], g[:2])[0, 0, 0] == g[0, 0, 0]
-    one = torch.full((5,), -1.0)
-    assert torch.equal(_grad(partial(_clamp, upper=None), one, -torch.ones(5)), -torch.ones(5))
+    relu = partial(_clamp, upper=None)
+    for wait in (True, False):
+        monkeypatch.setattr(R, "_can_wait", lambda t, wait=wait: wait)
+        assert torch.equal(_grad(relu, x[:2], g[:2]), _grad(F.relu, x[:2], g[:2]))
+        assert _grad(relu, x[:2], g[:2])[0, 0, 0] == g[0, 0, 0]
+        one = torch.tensor([-1.0, 1.0])  # one row: the second unit flows, so the first is not redirected
+        assert torch.equal(_grad(relu, one, torch.tensor([-1.0, 1.0])), torch.tensor([0.0, 1.0]))
+        empty = torch.zeros(0, 3)
+        assert _grad(relu, empty, empty).shape == (0, 3)
 
 
 def test_in_place_keeps_torchs_gradient_and_a_silent_branch_is_redirected_as_in_lucid():
