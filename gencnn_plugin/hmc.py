@@ -89,10 +89,11 @@ class HMCConfig:
                                        "transforms); wide (<= 32 px at 224 px, zoom 0.6-1.2, <= 20 deg: objects, "
                                        "not tiled textures)", choices=("off", "standard", "wide"),
                                 legacy={True: "standard", False: "off"}, label="warm-start transforms")
-    warm_redirect: bool = setting(True, "with warm-start steps: where a ReLU or ReLU6 layer passes no gradient back "
-                                        "for an image, pass the part that brings its clamped units back (Lucid's "
-                                        "redirected ReLU), so a node silent at the start (a channel's unit at 0) "
-                                        "is still climbed; the ordinary gradient wherever any flows, never in HMC",
+    warm_redirect: bool = setting(True, "with warm-start steps: where an nn.ReLU or nn.ReLU6 layer passes no "
+                                        "gradient back for an image, pass the part that brings its clamped units "
+                                        "back (Lucid's redirected ReLU), so a node silent at the start (a channel's "
+                                        "unit at 0) can be climbed; a layer that passes some keeps its own; never "
+                                        "in HMC",
                                   label="redirect silent ReLUs")
     replicas: int = setting(1, "replica exchange (parallel tempering): run every chain at this many temperatures, "
                                "geometric from T up to the hot temperature, swapping neighbours' states after each "
