@@ -257,3 +257,22 @@ def test_every_relative_link_of_the_committed_reports_resolves():
         assert local, md
         missing = [t for t in local if not (md.parent / t.split("#")[0]).exists()]
         assert not missing, (md.name, missing)
+
+
+def test_long_chains_windows_read_the_draws_a_run_of_that_length_would_keep():
+    """benchmarks/long_chains.py: R-hat at iteration k uses the draws after adaptation up to k, and the second half of
+    those; chains that drift apart early and then sample one distribution pass only on the second half."""
+    import long_chains as LC
+
+    g = torch.Generator().manual_seed(0)
+    iters, chains, adapt = 400, 2, 20
+    drift = torch.zeros(iters, chains)
+    drift[:200, 1] = torch.linspace(20.0, 0.0, 200)  # chain 1 starts far off and reaches chain 0's level at 200
+    scores = drift + torch.randn(iters, chains, generator=g)
+    proj = torch.randn(iters, chains, 3, generator=g)
+    w = LC.windows(scores, proj, chains, adapt, 400)
+    assert w["after_adapt"]["draws"] == 380 and w["second_half"]["draws"] == 190
+    assert w["after_adapt"]["rhat_max"] > 1.05 >= w["second_half"]["rhat_max"]
+    early = LC.windows(scores, proj, chains, adapt, 100)  # stopped at 100: only what it had run so far
+    assert early["after_adapt"]["draws"] == 80 and early["second_half"]["draws"] == 40
+    assert early["second_half"]["rhat_max"] > 1.05
