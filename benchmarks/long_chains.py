@@ -14,7 +14,8 @@ keeps, at a few iterations fixed in advance (``SNAPSHOTS``):
     GENCNN_DATA=../shared/data python benchmarks/long_chains.py run --classes 71 --threads 1   # beside --classes 85
     python benchmarks/long_chains.py report
     # -> docs/results/long_chains.json (one entry per class; processes run side by side), docs/results/long_chains.md
-    #    and docs/images/long_chains_<class>.png (rows: chains; columns: the snapshots)
+    #    and docs/images/long_chains_<class>.png (rows: chains; columns: the snapshots); the report reads the
+    #    snapshots' states from runs/long_chains/, which only the machine that ran them has
 """
 
 from __future__ import annotations
@@ -145,6 +146,18 @@ def cmd_report(args: argparse.Namespace) -> None:
         tr = rec["classes"][c]["f_trace_every_10"]
         lines.append(f"- {rec['classes'][c]['name']}: " + ", ".join(f"{v:.0f}" for v in tr[::5]) +
                      " (every 50th iteration from the 10th)")
+    lines += ["", "How far the chains move (RMS over the pixels of the normalised input): "
+              "each chain from its own state at the first snapshot, and the two chains from each other:", ""]
+    for c in classes:
+        kept = torch.load(CACHE / f"{c}.pt")
+        first = kept[marks[0]].float()
+        moved = [float(torch.stack([(kept[k].float()[i] - first[i]).pow(2).mean().sqrt()
+                                    for i in range(rec["chains"])]).mean()) for k in marks[1:]]
+        apart = [float((kept[k].float()[0] - kept[k].float()[1]).pow(2).mean().sqrt()) for k in (marks[0], marks[-1])]
+        lines.append(f"- {rec['classes'][c]['name']}: moved " + ", ".join(
+            f"{m:.2f} by {k}" for m, k in zip(moved, marks[1:])) + f" (mean over chains); chains 0 and 1 apart "
+            f"{apart[0]:.2f} at {marks[0]}, {apart[1]:.2f} at {marks[-1]}; the states' own RMS "
+            f"{first.pow(2).mean().sqrt():.2f}")
     acc = statistics.median(rec["classes"][c]["accept"] for c in classes)
     lines += ["", f"Median acceptance {acc:.2f}. Commands: " + "; ".join(f"`{c}`" for c in rec["commands"]) + ".",
               ""]
