@@ -148,12 +148,13 @@ def cmd_report(args: argparse.Namespace) -> None:
                      " (every 50th iteration from the 10th)")
     lines += ["", "How far the chains move (RMS over the pixels of the normalised input): "
               "each chain from its own state at the first snapshot, and the two chains from each other:", ""]
+    states = {c: {k: v.float() for k, v in torch.load(CACHE / f"{c}.pt").items()} for c in classes}
     for c in classes:
-        kept = torch.load(CACHE / f"{c}.pt")
-        first = kept[marks[0]].float()
-        moved = [float(torch.stack([(kept[k].float()[i] - first[i]).pow(2).mean().sqrt()
+        kept = states[c]
+        first = kept[marks[0]]
+        moved = [float(torch.stack([(kept[k][i] - first[i]).pow(2).mean().sqrt()
                                     for i in range(rec["chains"])]).mean()) for k in marks[1:]]
-        apart = [float((kept[k].float()[0] - kept[k].float()[1]).pow(2).mean().sqrt()) for k in (marks[0], marks[-1])]
+        apart = [float((kept[k][0] - kept[k][1]).pow(2).mean().sqrt()) for k in (marks[0], marks[-1])]
         lines.append(f"- {rec['classes'][c]['name']}: moved " + ", ".join(
             f"{m:.2f} by {k}" for m, k in zip(moved, marks[1:])) + f" (mean over chains); chains 0 and 1 apart "
             f"{apart[0]:.2f} at {marks[0]}, {apart[1]:.2f} at {marks[-1]}; the states' own RMS "
@@ -163,8 +164,7 @@ def cmd_report(args: argparse.Namespace) -> None:
               ""]
     _, info = L.load_imagenet(rec["model"], Path(args.weights))
     for c in classes:
-        kept = torch.load(CACHE / f"{c}.pt")
-        x = torch.stack([kept[k].float() for k in marks], 1).flatten(0, 1)  # rows: chains, columns: snapshots
+        x = torch.stack([states[c][k] for k in marks], 1).flatten(0, 1)  # rows: chains, columns: snapshots
         path = ROOT / "docs" / "images" / f"long_chains_{c}.png"
         save_grid(x, info, path, nrow=len(marks), min_size=112, display="clip",
                   row_labels=[f"chain {i}" for i in range(rec["chains"])],
