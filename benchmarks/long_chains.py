@@ -55,12 +55,6 @@ def windows(scores: torch.Tensor, projections: torch.Tensor, chains: int, adapt:
             "second_half": {key: half.get(key, float("nan")) for key in keys}}
 
 
-def _r(v: float) -> str:
-    """An R-hat for a table: ``inf`` where a chain never moved (legibility.convergence stores it as the largest
-    float)."""
-    return f"{v:.2f}" if abs(v) < 1e300 else "inf"
-
-
 def cmd_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model, info = L.load_imagenet(MODEL, Path(args.weights))
@@ -107,10 +101,10 @@ def cmd_run(args: argparse.Namespace) -> None:
             return rec
 
         L.update_json(OUT, add)
-        last = snaps[str(marks[-1])]
+        last = {w: L._num(snaps[str(marks[-1])][w]["rhat_max"], ".2f") for w in ("after_adapt", "second_half")}
         print(f"{c} {entry['name']}: judge ranks by snapshot "
               f"{ {k: v['judge_rank'] for k, v in snaps.items()} }, R-hat at {marks[-1]} "
-              f"{_r(last['after_adapt']['rhat_max'])} (second half {_r(last['second_half']['rhat_max'])}), "
+              f"{last['after_adapt']} (second half {last['second_half']}), "
               f"{seconds:.0f} s", flush=True)
 
 
@@ -132,8 +126,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         e = rec["classes"][c]
         for k in marks:
             s = e["snapshots"][str(k)]
-            lines.append(f"| {e['name']} ({c}) | {k} | {s['f_mean']:.1f} | {_r(s['after_adapt']['rhat_max'])} | "
-                         f"{_r(s['second_half']['rhat_max'])} | {s['second_half']['ess_bulk_min']:.1f} | "
+            r = {w: L._num(s[w]["rhat_max"], ".2f") for w in ("after_adapt", "second_half")}
+            lines.append(f"| {e['name']} ({c}) | {k} | {s['f_mean']:.1f} | {r['after_adapt']} | "
+                         f"{r['second_half']} | {s['second_half']['ess_bulk_min']:.1f} | "
                          f"{', '.join(str(r) for r in s['judge_rank'])} | {s['seconds']:.0f} |")
     lines += ["", f"Top-5 by snapshot, over {n_chains} chains ({len(classes)} classes; Wilson 95% intervals, "
               "chains of one class are not independent, so these are narrower than they should be):", ""]
@@ -152,11 +147,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     for c in classes:
         kept = states[c]
         first = kept[marks[0]]
-        moved = [float(torch.stack([(kept[k][i] - first[i]).pow(2).mean().sqrt()
-                                    for i in range(rec["chains"])]).mean()) for k in marks[1:]]
+        moved = {k: (kept[k] - first).flatten(1).pow(2).mean(1).sqrt() for k in marks[1:]}  # per chain
         apart = [float((kept[k][0] - kept[k][1]).pow(2).mean().sqrt()) for k in (marks[0], marks[-1])]
         lines.append(f"- {rec['classes'][c]['name']}: moved " + ", ".join(
-            f"{m:.2f} by {k}" for m, k in zip(moved, marks[1:])) + f" (mean over chains); chains 0 and 1 apart "
+            f"{' / '.join(f'{v:.2f}' for v in m)} by {k}" for k, m in moved.items()) + " (per chain); chains 0 and 1 "
+            "apart "
             f"{apart[0]:.2f} at {marks[0]}, {apart[1]:.2f} at {marks[-1]}; the states' own RMS "
             f"{first.pow(2).mean().sqrt():.2f}")
     acc = statistics.median(rec["classes"][c]["accept"] for c in classes)
